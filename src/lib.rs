@@ -1,0 +1,81 @@
+//! Make heap allocations observable, from a unit test to a production
+//! process, with one build and no restart.
+//!
+//! # Setup
+//!
+//! Wrap any [`GlobalAlloc`](core::alloc::GlobalAlloc) (`System`, jemalloc,
+//! mimalloc) and make it the global allocator:
+//!
+//! ```
+//! use heapprobe::Heapprobe;
+//! use std::alloc::System;
+//!
+//! #[global_allocator]
+//! static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
+//! # fn main() {}
+//! ```
+//!
+//! # Measuring
+//!
+//! [`Heapprobe::stats`] gives process-wide [`Stats`] (threads that exited
+//! included), [`Heapprobe::thread_stats`] the calling thread's, and
+//! [`Heapprobe::measure`] exactly the calls the calling thread makes while a
+//! closure runs, however hard other threads allocate meanwhile:
+//!
+//! ```
+//! # use heapprobe::Heapprobe;
+//! # use std::alloc::System;
+//! # #[global_allocator]
+//! # static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
+//! let ((), stats) = GLOBAL.measure(|| {
+//!     let _ = vec![1i32, 2, 3, 4];
+//! });
+//! assert_eq!(stats.allocations, 1);
+//! assert_eq!(stats.bytes_allocated, 16);
+//! assert_eq!(stats.deallocations, 1);
+//! println!("{stats}"); // counts, bytes, realloc classes and ASCII histograms
+//! ```
+//!
+//! Code written for `stats_alloc` ports by changing its `use` line to
+//! `heapprobe` ([`Region`], [`StatsAlloc`], [`INSTRUMENTED_SYSTEM`]).
+//!
+//! # Probes
+//!
+//! Every call fires a USDT (SystemTap SDT) probe of provider `heapprobe`,
+//! defined once in `probes/heapprobe.d`: `alloc`, `dealloc`, `realloc`, the
+//! `*_locked` variants inside measured scopes, `scope_begin`, `scope_end` and
+//! `alloc_failed`. All arguments are integers. An untraced probe is a `nop`.
+//! Cargo features pick the backend: `probe` (default, no semaphore), `usdt`
+//! (semaphore-guarded), or neither (probes compiled out). [`probes::BACKEND`]
+//! says which one this build has.
+//!
+//! # Tracing
+//!
+//! perf 6.1's `perf probe sdt_heapprobe:*` misplaces probes in binaries
+//! linked by rust-lld (the default linker): use the repository's
+//! `cargo xtask`, or bpftrace `usdt:` probes, which compute the file offsets
+//! correctly.
+//!
+//! # Overhead
+//!
+//! Each thread counts into its own cache-aligned slot with plain loads and
+//! stores, so threads never contend on a shared line. The price is that the
+//! process-wide peak is published in steps of [`GLOBAL_PEAK_GRANULE`] bytes
+//! per thread; every other figure, and per-thread and scoped peaks, is exact.
+//! See the README's benchmark table for measured ratios against `System`.
+#![deny(missing_docs)]
+#![warn(unsafe_op_in_unsafe_fn)]
+
+mod alloc;
+mod compat;
+mod histogram;
+pub mod probes;
+mod scope;
+mod stats;
+mod tally;
+mod thread;
+
+pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
+pub use crate::compat::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+pub use crate::histogram::{Histogram, BUCKETS};
+pub use crate::stats::Stats;
