@@ -1,0 +1,210 @@
+//! End to end: the fixture's probes, traced for real by perf and by
+//! bpftrace, in a build linked by the default linker (rust-lld) and one
+//! linked by GNU ld, give exactly the known event counts and byte sums.
+//!
+//! Needs root, perf and bpftrace. With `CI=true` a missing one fails the
+//! test; elsewhere the test skips with one loud line.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use heapprobe_sdt::{Binary, Site, UprobeGroup};
+use support::{Linker, TempDir};
+
+/// Aggregates keyed like bpftrace maps: `alloc_n[64]` is the number of
+/// `alloc` events with align 64, `alloc_b[64]` the sum of their sizes.
+type Counts = BTreeMap<String, u64>;
+
+/// The fixture's report of its own counters (`stats allocations=…`).
+fn reported(stderr: &str) -> Counts {
+    let line = stderr.lines().find(|l| l.starts_with("stats ")).unwrap_or_else(|| panic!("no stats line in {stderr:?}"));
+    line.split_whitespace()
+        .skip(1)
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("key=value");
+            (k.to_owned(), v.parse().expect("number"))
+        })
+        .collect()
+}
+
+/// Folds one event into the aggregates. `args` are the probe's arguments.
+fn add_event(counts: &mut Counts, probe: &str, args: &[u64]) {
+    let mut add = |key: String, v: u64| *counts.entry(key).or_default() += v;
+    match probe {
+        "alloc" | "dealloc" => {
+            add(format!("{probe}_n[{}]", args[2]), 1);
+            add(format!("{probe}_b[{}]", args[2]), args[1]);
+            add(format!("{probe}_total"), 1);
+        }
+        "realloc" => {
+            add(format!("realloc_n[{}]", args[4]), 1);
+            add(format!("realloc_old[{}]", args[4]), args[2]);
+            add(format!("realloc_new[{}]", args[4]), args[3]);
+            add(String::from("realloc_total"), 1);
+        }
+        "alloc_locked" | "dealloc_locked" => {
+            add(format!("{probe}_n"), 1);
+            add(format!("{probe}_b"), args[1]);
+        }
+        "realloc_locked" => {
+            add(String::from("realloc_locked_n"), 1);
+            add(String::from("realloc_locked_old"), args[2]);
+            add(String::from("realloc_locked_new"), args[3]);
+        }
+        "scope_begin" | "scope_end" => add(format!("{probe}[{}]", args[0]), 1),
+        "alloc_failed" => add(format!("alloc_failed[{}][{}]", args[0], args[1]), 1),
+        other => panic!("unexpected probe {other}"),
+    }
+}
+
+/// The same aggregation, done in the kernel by bpftrace.
+fn bpftrace_program(exe: &Path) -> String {
+    let p = |probe: &str, body: &str| format!("usdt:{}:heapprobe:{probe} {{ {body} }}\n", exe.display());
+    [
+        p("alloc", "@alloc_n[arg2]++; @alloc_b[arg2] += arg1; @alloc_total++;"),
+        p("dealloc", "@dealloc_n[arg2]++; @dealloc_b[arg2] += arg1; @dealloc_total++;"),
+        p("realloc", "@realloc_n[arg4]++; @realloc_old[arg4] += arg2; @realloc_new[arg4] += arg3; @realloc_total++;"),
+        p("alloc_locked", "@alloc_locked_n++; @alloc_locked_b += arg1;"),
+        p("dealloc_locked", "@dealloc_locked_n++; @dealloc_locked_b += arg1;"),
+        p("realloc_locked", "@realloc_locked_n++; @realloc_locked_old += arg2; @realloc_locked_new += arg3;"),
+        p("scope_begin", "@scope_begin[arg0]++;"),
+        p("scope_end", "@scope_end[arg0]++;"),
+        p("alloc_failed", "@alloc_failed[arg0, arg1]++;"),
+    ]
+    .concat()
+}
+
+/// Parses bpftrace's map dump (`@name[key]: value`, `@name[a, b]: value`).
+fn parse_bpftrace_maps(stdout: &str) -> Counts {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix('@'))
+        .filter_map(|l| l.rsplit_once(": "))
+        .map(|(k, v)| (k.replace(", ", "]["), v.trim().parse().expect("map value")))
+        .collect()
+}
+
+fn trace_with_bpftrace(exe: &Path) -> (Counts, String) {
+    let out = Command::new("bpftrace")
+        .args(["-q", "-e", &bpftrace_program(exe), "-c"])
+        .arg(exe)
+        .env("BPFTRACE_MAX_MAP_KEYS", "4096")
+        .output()
+        .expect("failed to run bpftrace");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bpftrace exited with {}: {stderr}\n{stdout}", out.status);
+    (parse_bpftrace_maps(&stdout), stderr)
+}
+
+fn trace_with_perf(exe: &Path) -> (Counts, String) {
+    let binary = Binary::open(exe).expect("read fixture ELF");
+    let mut group = UprobeGroup::new("e2e").expect("uprobe group");
+    let registered = group.add_probes(&binary, "heapprobe", |_| true, support::arg_names).expect("register uprobes");
+    assert!(registered >= 9, "only {registered} probe sites registered");
+    let tmp = TempDir::new("e2e-perf");
+    let data = tmp.path().join("perf.data");
+    let out = Command::new("perf")
+        .args(["record", "-q", "-e", &format!("{}:*", group.name()), "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(exe)
+        .stdout(Stdio::null())
+        .output()
+        .expect("failed to run perf record");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "perf record exited with {}: {stderr}", out.status);
+    let script = Command::new("perf").args(["script", "-F", "event,trace", "-i"]).arg(&data).output().expect("perf script");
+    assert!(script.status.success(), "perf script failed: {}", String::from_utf8_lossy(&script.stderr));
+    drop(group);
+    let mut counts = Counts::new();
+    for line in String::from_utf8_lossy(&script.stdout).lines() {
+        // `GROUP:alloc__3: (55d0c0a1b13c) ptr=94… size=4096 align=64`
+        let Some((event, rest)) = line.trim().split_once(": ") else { continue };
+        let name = event.rsplit_once(':').map_or(event, |(_, e)| e);
+        let probe = name.rsplit_once("__").map_or(name, |(p, _)| p);
+        let args: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(_, v)| v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")))
+            .collect();
+        add_event(&mut counts, probe, &args);
+    }
+    (counts, stderr)
+}
+
+fn assert_known_pattern(tool: &str, linker: Linker, counts: &Counts, fixture_stderr: &str) {
+    let get = |k: &str| counts.get(k).copied().unwrap_or(0);
+    let ctx = format!("{tool}, {linker:?} linker: {counts:#?}");
+    // known_pattern: 1000 x 4096 bytes, align 64.
+    assert_eq!((get("alloc_n[64]"), get("alloc_b[64]")), (1000, 4_096_000), "{ctx}");
+    assert_eq!((get("dealloc_n[64]"), get("dealloc_b[64]")), (1000, 4_096_000), "{ctx}");
+    // known_reallocs: 100 x (alloc 100, realloc 100->300, realloc 300->200, dealloc 200), align 32.
+    assert_eq!((get("alloc_n[32]"), get("alloc_b[32]")), (100, 10_000), "{ctx}");
+    assert_eq!((get("realloc_n[32]"), get("realloc_old[32]"), get("realloc_new[32]")), (200, 40_000, 50_000), "{ctx}");
+    assert_eq!((get("dealloc_n[32]"), get("dealloc_b[32]")), (100, 20_000), "{ctx}");
+    // measured_scope: only its calls fire the *_locked probes.
+    assert_eq!((get("alloc_locked_n"), get("alloc_locked_b")), (10, 7_770), "{ctx}");
+    assert_eq!((get("realloc_locked_n"), get("realloc_locked_old"), get("realloc_locked_new")), (5, 3_885, 5_000), "{ctx}");
+    assert_eq!((get("dealloc_locked_n"), get("dealloc_locked_b")), (10, 8_885), "{ctx}");
+    let begins: Vec<_> = counts.iter().filter(|(k, _)| k.starts_with("scope_begin[")).collect();
+    let ends: Vec<_> = counts.iter().filter(|(k, _)| k.starts_with("scope_end[")).collect();
+    assert_eq!(begins.len(), 1, "{ctx}");
+    assert_eq!(begins.iter().map(|(k, v)| (k.replace("begin", "end"), **v)).collect::<Vec<_>>(), ends.iter().map(|(k, v)| ((*k).clone(), **v)).collect::<Vec<_>>(), "{ctx}");
+    assert_eq!(*begins[0].1, 1, "{ctx}");
+    // failing_alloc: one failure of 2^46 bytes, align 8.
+    assert_eq!(get(&format!("alloc_failed[{}][8]", 1u64 << 46)), 1, "{ctx}");
+    assert_eq!(counts.keys().filter(|k| k.starts_with("alloc_failed")).count(), 1, "{ctx}");
+    // The kernel saw exactly the calls heapprobe counted in process.
+    let own = reported(fixture_stderr);
+    assert_eq!(get("alloc_total"), own["allocations"], "{ctx}");
+    assert_eq!(get("dealloc_total"), own["deallocations"], "{ctx}");
+    assert_eq!(get("realloc_total"), own["reallocations"], "{ctx}");
+    assert_eq!(own["failures"], 1, "{ctx}");
+}
+
+fn check_layout(exe: &Path, linker: Linker) -> Binary {
+    let binary = Binary::open(exe).expect("read fixture ELF");
+    assert!(binary.has_stapsdt_base, "no .stapsdt.base in {}", exe.display());
+    // The default build must really exercise perf 6.1's trap, and bfd must not.
+    assert_eq!(binary.code_offset_differs(), linker == Linker::Default, "{linker:?}: segments {:#?}", binary.segments);
+    let names: Vec<&str> = binary.valid_probes(Some("heapprobe")).map(|p| p.name.as_str()).collect();
+    for (probe, _) in heapprobe::probes::PROBES {
+        assert!(names.contains(probe), "{linker:?}: no valid site for {probe}: {:#?}", binary.probes);
+    }
+    for p in &binary.probes {
+        if let Site::Valid { semaphore_offset, .. } = p.site {
+            assert_eq!(semaphore_offset, None, "the default `probe` backend has no semaphores");
+        }
+    }
+    binary
+}
+
+fn run_for(linker: Linker) {
+    let exe = support::build_fixture(linker);
+    check_layout(&exe, linker);
+
+    let (counts, stderr) = trace_with_bpftrace(&exe);
+    assert_known_pattern("bpftrace", linker, &counts, &stderr);
+
+    let (counts, stderr) = trace_with_perf(&exe);
+    assert_known_pattern("perf", linker, &counts, &stderr);
+    support::assert_no_heapprobe_uprobes();
+}
+
+#[test]
+fn default_linker_probes_fire_exactly_under_perf_and_bpftrace() {
+    if support::tracing_available("default_linker_probes_fire_exactly_under_perf_and_bpftrace", &["perf", "bpftrace"]) {
+        run_for(Linker::Default);
+    }
+}
+
+#[test]
+fn bfd_linker_probes_fire_exactly_under_perf_and_bpftrace() {
+    if support::tracing_available("bfd_linker_probes_fire_exactly_under_perf_and_bpftrace", &["perf", "bpftrace"]) {
+        run_for(Linker::Bfd);
+    }
+}

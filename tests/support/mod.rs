@@ -1,0 +1,109 @@
+//! Helpers shared by the tests that need root, perf or bpftrace.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// True when running in CI (`CI=true`), where a missing tool is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Checks that the tracing prerequisites hold. In CI a missing one panics;
+/// elsewhere the test prints one loud line and is skipped (returns false).
+pub fn tracing_available(test: &str, tools: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push(String::from("root (run the tests as root, or `sudo -E cargo test`)"));
+    }
+    for tool in tools {
+        let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+        if !ok {
+            let package = if *tool == "perf" { "linux-perf" } else { tool };
+            missing.push(format!("{tool} (apt-get install -y {package})"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("SKIPPED {test}: needs {}. `bash .ci/run` installs everything.", missing.join(", "));
+    if in_ci() {
+        panic!("CI=true, so a missing tool is a failure: {message}");
+    }
+    eprintln!("\n========== {message} ==========\n");
+    false
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Which linker built a fixture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linker {
+    /// rustc's default (rust-lld on x86_64-unknown-linux-gnu).
+    Default,
+    /// GNU ld, through `-C link-arg=-fuse-ld=bfd`.
+    Bfd,
+}
+
+/// Builds the fixture binary with `linker` in its own target directory and
+/// returns the executable's path.
+pub fn build_fixture(linker: Linker) -> PathBuf {
+    let (dir, flags) = match linker {
+        Linker::Default => ("fixture-default", ""),
+        Linker::Bfd => ("fixture-bfd", "-C link-arg=-fuse-ld=bfd"),
+    };
+    let target_dir = root().join("target").join(dir);
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--target-dir"])
+        .arg(&target_dir)
+        .env("RUSTFLAGS", flags)
+        .current_dir(root())
+        .status()
+        .expect("failed to run cargo build for the fixture");
+    assert!(status.success(), "cargo build of the fixture ({linker:?}) exited with {status}");
+    let exe = target_dir.join("debug").join("heapprobe-fixture");
+    assert!(exe.exists(), "{} missing after build", exe.display());
+    exe
+}
+
+/// Asserts that no uprobe of ours is left registered.
+pub fn assert_no_heapprobe_uprobes() {
+    let tracefs = heapprobe_sdt::tracefs().expect("tracefs");
+    let events = std::fs::read_to_string(tracefs.join("uprobe_events")).unwrap_or_default();
+    let ours: Vec<&str> = events.lines().filter(|l| l.contains(heapprobe_sdt::GROUP_PREFIX)).collect();
+    assert!(ours.is_empty(), "uprobes left behind: {ours:#?}");
+}
+
+/// The argument names of each probe, from `probes/heapprobe.d`.
+pub fn arg_names(probe: &str) -> Vec<String> {
+    heapprobe::probes::PROBES
+        .iter()
+        .find(|(name, _)| *name == probe)
+        .map(|(_, args)| args.iter().map(|a| (*a).to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("heapprobe-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,199 @@
+//! Registering uprobes through tracefs, and removing them again.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::{Binary, Error, Site};
+
+/// Every uprobe group heapprobe creates is named `heapprobe_<pid>_<tag>`, so
+/// a later run can tell its own stale groups from anybody else's.
+pub const GROUP_PREFIX: &str = "heapprobe_";
+
+const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// The tracefs mount point. If none is mounted and we may, mounts it at
+/// `/sys/kernel/tracing`.
+pub fn tracefs() -> Result<PathBuf, Error> {
+    if let Some(dir) = CANDIDATES.iter().map(PathBuf::from).find(|d| d.join("uprobe_events").exists()) {
+        return Ok(dir);
+    }
+    let status = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", CANDIDATES[0]]).status();
+    match status {
+        Ok(s) if s.success() && Path::new(CANDIDATES[0]).join("uprobe_events").exists() => Ok(PathBuf::from(CANDIDATES[0])),
+        _ => Err(Error::Tracefs {
+            what: String::from(
+                "tracefs is not mounted and could not be mounted: run `mount -t tracefs nodev /sys/kernel/tracing` as root \
+                 (and check that the kernel has CONFIG_UPROBE_EVENTS)",
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }),
+    }
+}
+
+/// One uprobe to register.
+#[derive(Clone, Debug)]
+pub struct UprobeSpec {
+    /// Event name inside the group.
+    pub event: String,
+    /// The binary.
+    pub path: PathBuf,
+    /// File offset of the probed instruction.
+    pub offset: u64,
+    /// File offset of the semaphore (reference counter), if any.
+    pub ref_ctr_offset: Option<u64>,
+    /// `name=fetcharg` pairs.
+    pub fetchargs: Vec<(String, String)>,
+}
+
+impl UprobeSpec {
+    /// The line to write to `uprobe_events`.
+    pub fn definition(&self, group: &str) -> String {
+        let mut line = format!("p:{group}/{} {}:{:#x}", self.event, self.path.display(), self.offset);
+        if let Some(r) = self.ref_ctr_offset {
+            line.push_str(&format!("({r:#x})"));
+        }
+        for (name, arg) in &self.fetchargs {
+            line.push_str(&format!(" {name}={arg}"));
+        }
+        line
+    }
+}
+
+/// A uprobe group this process registered. Dropping it removes every event
+/// it added; kernel state is borrowed, not owned.
+#[derive(Debug)]
+pub struct UprobeGroup {
+    name: String,
+    tracefs: PathBuf,
+    events: Vec<String>,
+}
+
+static NEXT_GROUP: AtomicU32 = AtomicU32::new(0);
+
+impl UprobeGroup {
+    /// A new, empty group named `heapprobe_<pid>_<tag><n>`, unique to this run.
+    pub fn new(tag: &str) -> Result<Self, Error> {
+        let tracefs = tracefs()?;
+        let n = NEXT_GROUP.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{GROUP_PREFIX}{}_{tag}{n}", std::process::id());
+        Ok(Self { name, tracefs, events: Vec::new() })
+    }
+
+    /// The group's name, as perf spells events: `GROUP:EVENT`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The events registered so far.
+    pub fn events(&self) -> &[String] {
+        &self.events
+    }
+
+    /// Registers one uprobe.
+    pub fn add(&mut self, spec: &UprobeSpec) -> Result<(), Error> {
+        write_events(&self.tracefs, &spec.definition(&self.name))?;
+        self.events.push(spec.event.clone());
+        Ok(())
+    }
+
+    /// Registers every valid site of `provider` in `binary` whose probe name
+    /// passes `want`, as events `NAME__I`. `arg_names` gives the fetch-arg
+    /// names for a probe name (`arg0`, `arg1`, ... where it returns fewer).
+    /// Returns the number of sites registered.
+    pub fn add_probes(
+        &mut self,
+        binary: &Binary,
+        provider: &str,
+        want: impl Fn(&str) -> bool,
+        arg_names: impl Fn(&str) -> Vec<String>,
+    ) -> Result<usize, Error> {
+        let path = binary.path.canonicalize().map_err(|source| Error::Read { path: binary.path.clone(), source })?;
+        let mut added = 0;
+        for (i, probe) in binary.valid_probes(Some(provider)).enumerate() {
+            if !want(&probe.name) {
+                continue;
+            }
+            let Site::Valid { offset, semaphore_offset } = probe.site else { continue };
+            let names = arg_names(&probe.name);
+            let fetchargs = probe
+                .args()?
+                .iter()
+                .enumerate()
+                .map(|(n, arg)| {
+                    let fetch = arg.fetcharg().ok_or_else(|| Error::Argument {
+                        probe: format!("{}:{}", probe.provider, probe.name),
+                        arg: format!("{arg:?}"),
+                    })?;
+                    Ok((names.get(n).cloned().unwrap_or_else(|| format!("arg{n}")), fetch))
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let spec = UprobeSpec {
+                event: format!("{}__{i}", probe.name),
+                path: path.clone(),
+                offset,
+                ref_ctr_offset: semaphore_offset,
+                fetchargs,
+            };
+            self.add(&spec)?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Removes every event of the group now, reporting the first failure.
+    pub fn remove(mut self) -> Result<(), Error> {
+        self.remove_all()
+    }
+
+    fn remove_all(&mut self) -> Result<(), Error> {
+        let mut first = Ok(());
+        for event in std::mem::take(&mut self.events) {
+            let result = write_events(&self.tracefs, &format!("-:{}/{event}", self.name));
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for UprobeGroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove_all() {
+            eprintln!("heapprobe: could not remove uprobe group {}: {e}", self.name);
+        }
+    }
+}
+
+fn write_events(tracefs: &Path, line: &str) -> Result<(), Error> {
+    let path = tracefs.join("uprobe_events");
+    let what = || format!("cannot write {line:?} to {}", path.display());
+    let mut file = OpenOptions::new().append(true).open(&path).map_err(|source| Error::Tracefs { what: what(), source })?;
+    file.write_all(line.as_bytes()).map_err(|source| Error::Tracefs { what: what(), source })
+}
+
+/// Removes heapprobe groups whose creating process is gone (a run that was
+/// killed before it could clean up). Groups of live processes and every
+/// probe heapprobe did not create are left alone. Returns the removed events.
+pub fn sweep_stale_groups() -> Result<Vec<String>, Error> {
+    let tracefs = tracefs()?;
+    let path = tracefs.join("uprobe_events");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Tracefs { what: format!("cannot read {}", path.display()), source })?;
+    let mut removed = Vec::new();
+    for line in text.lines() {
+        // p:GROUP/EVENT PATH:OFFSET ...
+        let Some(id) = line.split_whitespace().next().and_then(|d| d.split_once(':')).map(|(_, id)| id) else { continue };
+        let Some((group, _)) = id.split_once('/') else { continue };
+        let Some(pid) = group.strip_prefix(GROUP_PREFIX).and_then(|r| r.split('_').next()).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        write_events(&tracefs, &format!("-:{id}"))?;
+        removed.push(id.to_owned());
+    }
+    Ok(removed)
+}
