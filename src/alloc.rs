@@ -90,17 +90,14 @@ impl<A> Heapprobe<A> {
         for slot in &self.slots[..used] {
             total = total + slot.tally.load();
         }
-        total.current = total
-            .bytes_allocated
-            .saturating_sub(total.bytes_deallocated);
+        total.current = total.bytes_allocated.saturating_sub(total.bytes_deallocated);
         total.peak = (self.global_peak.load(Relaxed).max(0) as usize).max(total.current);
         total
     }
 
     /// Sets the process-wide peak to the current use.
     pub fn reset_peak(&self) {
-        self.global_peak
-            .store(self.global_net.load(Relaxed), Relaxed);
+        self.global_peak.store(self.global_net.load(Relaxed), Relaxed);
     }
 
     /// The calling thread's counters since it first used this allocator.
@@ -171,24 +168,17 @@ impl<A> Heapprobe<A> {
     fn bind(&self, state: &ThreadState) -> Option<&Slot> {
         let key = self.exit_key()?;
         let slot = self.slots.iter().find(|s| {
-            s.state.load(Relaxed) == FREE
-                && s.state
-                    .compare_exchange(FREE, USED, Acquire, Relaxed)
-                    .is_ok()
+            s.state.load(Relaxed) == FREE && s.state.compare_exchange(FREE, USED, Acquire, Relaxed).is_ok()
         })?;
         slot.start_owner();
-        let index = (slot as *const Slot as usize - self.slots.as_ptr() as usize)
-            / core::mem::size_of::<Slot>();
+        let index = (slot as *const Slot as usize - self.slots.as_ptr() as usize) / core::mem::size_of::<Slot>();
         self.slots_used.fetch_max(index + 1, Release);
         #[cfg(unix)]
         {
             // SAFETY: `key` is a live key created by `exit_key`; the value is
             // the address of a slot in this (static) instance.
             if unsafe {
-                libc::pthread_setspecific(
-                    key as libc::pthread_key_t,
-                    slot as *const Slot as *const libc::c_void,
-                )
+                libc::pthread_setspecific(key as libc::pthread_key_t, slot as *const Slot as *const libc::c_void)
             } != 0
             {
                 slot.state.store(FREE, Release);
@@ -215,10 +205,7 @@ impl<A> Heapprobe<A> {
         if unsafe { libc::pthread_key_create(&mut key, Some(thread::release)) } != 0 {
             return None;
         }
-        match self
-            .exit_key
-            .compare_exchange(0, key as usize + 1, AcqRel, Acquire)
-        {
+        match self.exit_key.compare_exchange(0, key as usize + 1, AcqRel, Acquire) {
             Ok(_) => Some(key as usize),
             Err(winner) => {
                 // SAFETY: `key` was created above and never handed out.
@@ -240,25 +227,16 @@ impl<A> Heapprobe<A> {
     #[inline(always)]
     fn enter(&self) -> Entry<'_> {
         let Some(state) = thread::current() else {
-            return Entry {
-                state: None,
-                slot: None,
-            };
+            return Entry { state: None, slot: None };
         };
         // SAFETY: `current` returns this thread's live thread-local.
         let state = unsafe { &*state };
         if state.busy.replace(true) {
             self.reentered.fetch_add(1, Relaxed);
             // The outer call on this thread restores `busy`.
-            return Entry {
-                state: None,
-                slot: self.slot_of(state),
-            };
+            return Entry { state: None, slot: self.slot_of(state) };
         }
-        Entry {
-            state: Some(state),
-            slot: self.slot_of(state),
-        }
+        Entry { state: Some(state), slot: self.slot_of(state) }
     }
 
     #[inline(always)]
@@ -272,10 +250,7 @@ impl<A> Heapprobe<A> {
                 }
             }
             None => {
-                let global = self
-                    .global_net
-                    .fetch_add(delta, Relaxed)
-                    .wrapping_add(delta);
+                let global = self.global_net.fetch_add(delta, Relaxed).wrapping_add(delta);
                 self.global_peak.fetch_max(global, Relaxed);
             }
         }
@@ -285,10 +260,7 @@ impl<A> Heapprobe<A> {
     #[inline(never)]
     fn publish(&self, slot: &Slot, net: i64, pending: i64) {
         slot.published.store(net, Relaxed);
-        let global = self
-            .global_net
-            .fetch_add(pending, Relaxed)
-            .wrapping_add(pending);
+        let global = self.global_net.fetch_add(pending, Relaxed).wrapping_add(pending);
         self.global_peak.fetch_max(global, Relaxed);
     }
 
@@ -393,21 +365,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
         }
         tally.reallocated(old_size, new_size, new_ptr != ptr, writer);
         self.net_changed(&entry, (new_size as i64).wrapping_sub(old_size as i64));
-        probes::realloc(
-            ptr as u64,
-            new_ptr as u64,
-            old_size as u64,
-            new_size as u64,
-            align as u64,
-        );
+        probes::realloc(ptr as u64, new_ptr as u64, old_size as u64, new_size as u64, align as u64);
         if Self::in_scope(&entry) {
-            probes::realloc_locked(
-                ptr as u64,
-                new_ptr as u64,
-                old_size as u64,
-                new_size as u64,
-                align as u64,
-            );
+            probes::realloc_locked(ptr as u64, new_ptr as u64, old_size as u64, new_size as u64, align as u64);
         }
         new_ptr
     }

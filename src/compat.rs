@@ -35,10 +35,7 @@ pub struct Region<'a, A> {
 impl<'a, A> Region<'a, A> {
     /// Starts a region at the allocator's current counters.
     pub fn new(alloc: &'a Heapprobe<A>) -> Self {
-        Self {
-            alloc,
-            initial: alloc.stats(),
-        }
+        Self { alloc, initial: alloc.stats() }
     }
 
     /// The counters when the region started (or was last reset).

@@ -19,9 +19,7 @@ pub struct Histogram {
 impl Histogram {
     /// An empty histogram.
     pub const fn new() -> Self {
-        Self {
-            buckets: [0; BUCKETS],
-        }
+        Self { buckets: [0; BUCKETS] }
     }
 
     /// The bucket that `size` falls in: `floor(log2(size))`, and 0 for 0.
@@ -104,12 +102,7 @@ impl fmt::Display for Histogram {
             return writeln!(f, "    (empty)");
         };
         let last = self.buckets.iter().rposition(|n| *n != 0).unwrap_or(first);
-        let max = self.buckets[first..=last]
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        let max = self.buckets[first..=last].iter().copied().max().unwrap_or(1).max(1);
         for i in first..=last {
             let n = self.buckets[i];
             let bar = (n.saturating_mul(WIDTH) / max) as usize;
@@ -118,12 +111,7 @@ impl fmt::Display for Histogram {
             } else {
                 format!("[{}, ...)", Bound(i))
             };
-            writeln!(
-                f,
-                "    {range:<14}{n:>10} |{:<w$}|",
-                "@".repeat(bar),
-                w = WIDTH as usize
-            )?;
+            writeln!(f, "    {range:<14}{n:>10} |{:<w$}|", "@".repeat(bar), w = WIDTH as usize)?;
         }
         Ok(())
     }
@@ -131,10 +119,7 @@ impl fmt::Display for Histogram {
 
 #[cfg(feature = "serde")]
 mod serde_buckets {
-    pub fn serialize<S: serde::Serializer>(
-        buckets: &[u64; super::BUCKETS],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(buckets: &[u64; super::BUCKETS], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(buckets.iter())
     }
 }

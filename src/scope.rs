@@ -20,8 +20,7 @@ struct ScopeGuard<'a> {
 impl Drop for ScopeGuard<'_> {
     fn drop(&mut self) {
         let slot = self.slot;
-        slot.scope_depth
-            .store(slot.scope_depth.load(Relaxed).saturating_sub(1), Relaxed);
+        slot.scope_depth.store(slot.scope_depth.load(Relaxed).saturating_sub(1), Relaxed);
         // The enclosing scope's high-water mark includes this scope's.
         let high = slot.scope_high.load(Relaxed).max(self.outer_high);
         slot.scope_high.store(high, Relaxed);
@@ -64,14 +63,9 @@ impl<A> Heapprobe<A> {
         let id = NEXT_SCOPE_ID.fetch_add(1, Relaxed);
         let start = slot.tally.load();
         let start_net = slot.net.load(Relaxed);
-        let guard = ScopeGuard {
-            slot,
-            id,
-            outer_high: slot.scope_high.load(Relaxed),
-        };
+        let guard = ScopeGuard { slot, id, outer_high: slot.scope_high.load(Relaxed) };
         slot.scope_high.store(start_net, Relaxed);
-        slot.scope_depth
-            .store(slot.scope_depth.load(Relaxed).saturating_add(1), Relaxed);
+        slot.scope_depth.store(slot.scope_depth.load(Relaxed).saturating_add(1), Relaxed);
         probes::scope_begin(id);
 
         let result = f();

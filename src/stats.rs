@@ -75,12 +75,7 @@ impl Stats {
         self.allocations as i128 - self.deallocations as i128
     }
 
-    fn combine(
-        self,
-        rhs: Self,
-        op: fn(u64, u64) -> u64,
-        signed: fn(isize, isize) -> isize,
-    ) -> Self {
+    fn combine(self, rhs: Self, op: fn(u64, u64) -> u64, signed: fn(isize, isize) -> isize) -> Self {
         let u = |a: usize, b: usize| op(a as u64, b as u64) as usize;
         Self {
             allocations: u(self.allocations, rhs.allocations),
@@ -141,18 +136,8 @@ impl fmt::Display for Bytes {
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = |n: usize| Bytes(n as u128);
-        writeln!(
-            f,
-            "allocations    {:>12}  {}",
-            self.allocations,
-            b(self.bytes_allocated)
-        )?;
-        writeln!(
-            f,
-            "deallocations  {:>12}  {}",
-            self.deallocations,
-            b(self.bytes_deallocated)
-        )?;
+        writeln!(f, "allocations    {:>12}  {}", self.allocations, b(self.bytes_allocated))?;
+        writeln!(f, "deallocations  {:>12}  {}", self.deallocations, b(self.bytes_deallocated))?;
         let sign = if self.bytes_reallocated < 0 { "-" } else { "+" };
         writeln!(
             f,
@@ -160,31 +145,11 @@ impl fmt::Display for Stats {
             self.reallocations,
             Bytes(self.bytes_reallocated.unsigned_abs() as u128)
         )?;
-        writeln!(
-            f,
-            "  grown        {:>12}  {}",
-            self.reallocations_grown,
-            b(self.bytes_grown)
-        )?;
-        writeln!(
-            f,
-            "  shrunk       {:>12}  {}",
-            self.reallocations_shrunk,
-            b(self.bytes_shrunk)
-        )?;
-        writeln!(
-            f,
-            "  moved        {:>12}  {} copied",
-            self.reallocations_moved,
-            b(self.bytes_moved)
-        )?;
+        writeln!(f, "  grown        {:>12}  {}", self.reallocations_grown, b(self.bytes_grown))?;
+        writeln!(f, "  shrunk       {:>12}  {}", self.reallocations_shrunk, b(self.bytes_shrunk))?;
+        writeln!(f, "  moved        {:>12}  {} copied", self.reallocations_moved, b(self.bytes_moved))?;
         writeln!(f, "failures       {:>12}", self.allocation_failures)?;
-        writeln!(
-            f,
-            "current        {:>12}  peak {}",
-            b(self.current).to_string(),
-            b(self.peak)
-        )?;
+        writeln!(f, "current        {:>12}  peak {}", b(self.current).to_string(), b(self.peak))?;
         for (title, histogram) in [
             ("allocation sizes", &self.size_histogram),
             ("realloc growth", &self.grow_histogram),

@@ -91,19 +91,9 @@ impl Tally {
     }
 
     #[inline(always)]
-    pub(crate) fn reallocated(
-        &self,
-        old_size: usize,
-        new_size: usize,
-        moved: bool,
-        writer: Writer,
-    ) {
+    pub(crate) fn reallocated(&self, old_size: usize, new_size: usize, moved: bool, writer: Writer) {
         bump(&self.reallocations, 1, writer);
-        bump(
-            &self.bytes_reallocated,
-            (new_size as u64).wrapping_sub(old_size as u64),
-            writer,
-        );
+        bump(&self.bytes_reallocated, (new_size as u64).wrapping_sub(old_size as u64), writer);
         if new_size > old_size {
             let growth = new_size - old_size;
             bump(&self.reallocations_grown, 1, writer);
@@ -173,8 +163,7 @@ impl Tally {
         s(&self.reallocations, stats.reallocations);
         s(&self.bytes_allocated, stats.bytes_allocated);
         s(&self.bytes_deallocated, stats.bytes_deallocated);
-        self.bytes_reallocated
-            .store(stats.bytes_reallocated as i64 as u64, Relaxed);
+        self.bytes_reallocated.store(stats.bytes_reallocated as i64 as u64, Relaxed);
         s(&self.reallocations_grown, stats.reallocations_grown);
         s(&self.bytes_grown, stats.bytes_grown);
         s(&self.reallocations_shrunk, stats.reallocations_shrunk);

@@ -102,19 +102,8 @@ fn every_method_is_forwarded_to_the_same_inner_method() {
     });
     let after = inner_calls();
     // The mock's growing realloc calls System directly, not itself.
-    assert_eq!(
-        [
-            after[0] - before[0],
-            after[1] - before[1],
-            after[2] - before[2],
-            after[3] - before[3]
-        ],
-        [1, 1, 2, 1]
-    );
-    assert_eq!(
-        (stats.allocations, stats.bytes_allocated),
-        (2, 10 + 4096 + 10)
-    );
+    assert_eq!([after[0] - before[0], after[1] - before[1], after[2] - before[2], after[3] - before[3]], [1, 1, 2, 1]);
+    assert_eq!((stats.allocations, stats.bytes_allocated), (2, 10 + 4096 + 10));
     assert_eq!((stats.reallocations, stats.deallocations), (1, 2));
 }
 
@@ -134,18 +123,8 @@ fn inner_null_is_a_counted_failure_not_a_panic() {
         }
     });
     assert_eq!(stats.allocation_failures, 3);
-    assert_eq!(
-        (stats.allocations, stats.reallocations, stats.deallocations),
-        (1, 0, 1)
-    );
-    assert_eq!(
-        (
-            stats.bytes_allocated,
-            stats.bytes_deallocated,
-            stats.current
-        ),
-        (64, 64, 0)
-    );
+    assert_eq!((stats.allocations, stats.reallocations, stats.deallocations), (1, 0, 1));
+    assert_eq!((stats.bytes_allocated, stats.bytes_deallocated, stats.current), (64, 64, 0));
     // Positive control: the same code with a size that succeeds has no failure.
     let ((), ok) = GLOBAL.measure(|| drop(black_box(vec![0u8; FAILING_SIZE - 1])));
     assert_eq!(ok.allocation_failures, 0);
@@ -200,10 +179,7 @@ fn alignments_up_to_one_mebibyte() {
         }
     });
     assert_eq!((stats.allocations, stats.deallocations), (42, 42));
-    assert_eq!(
-        (stats.bytes_allocated, stats.current, stats.peak),
-        (42 * 24, 0, 48)
-    );
+    assert_eq!((stats.bytes_allocated, stats.current, stats.peak), (42 * 24, 0, 48));
 }
 
 #[test]
@@ -254,14 +230,9 @@ fn thread_stats_are_exact_and_have_their_own_peak() {
 
 #[test]
 fn freeing_other_threads_memory_never_makes_current_negative() {
-    let blocks: Vec<Vec<u8>> = std::thread::spawn(|| (0..10).map(|_| vec![1u8; 1000]).collect())
-        .join()
-        .unwrap();
+    let blocks: Vec<Vec<u8>> = std::thread::spawn(|| (0..10).map(|_| vec![1u8; 1000]).collect()).join().unwrap();
     let ((), stats) = GLOBAL.measure(move || drop(blocks));
-    assert_eq!(
-        (stats.deallocations, stats.bytes_deallocated),
-        (11, 10_000 + 10 * 24)
-    );
+    assert_eq!((stats.deallocations, stats.bytes_deallocated), (11, 10_000 + 10 * 24));
     assert_eq!(stats.current, 0);
     assert!(stats.net_bytes() < 0);
 
@@ -278,12 +249,7 @@ fn freeing_other_threads_memory_never_makes_current_negative() {
     .join()
     .unwrap();
     let global = GLOBAL.stats();
-    assert_eq!(
-        global.current,
-        global
-            .bytes_allocated
-            .saturating_sub(global.bytes_deallocated)
-    );
+    assert_eq!(global.current, global.bytes_allocated.saturating_sub(global.bytes_deallocated));
 }
 
 #[test]
@@ -295,37 +261,18 @@ fn global_peak_and_reset() {
     drop(block);
     let after = GLOBAL.stats();
     assert!(during.current >= big, "{during}");
-    assert!(
-        after.peak >= start.current + big - 64 * 1024 * 8,
-        "peak {} start {}",
-        after.peak,
-        start.current
-    );
+    assert!(after.peak >= start.current + big - 64 * 1024 * 8, "peak {} start {}", after.peak, start.current);
     assert!(after.peak >= during.current.min(after.peak));
     GLOBAL.reset_peak();
     let reset = GLOBAL.stats();
-    assert!(
-        reset.peak < after.peak,
-        "reset_peak lowered nothing: {} -> {}",
-        after.peak,
-        reset.peak
-    );
+    assert!(reset.peak < after.peak, "reset_peak lowered nothing: {} -> {}", after.peak, reset.peak);
     assert!(reset.peak < big);
 }
 
 #[test]
 fn stats_arithmetic_saturates_instead_of_panicking() {
-    let small = Stats {
-        allocations: 1,
-        bytes_reallocated: isize::MIN,
-        ..Stats::default()
-    };
-    let big = Stats {
-        allocations: 5,
-        current: usize::MAX,
-        bytes_reallocated: 1,
-        ..Stats::default()
-    };
+    let small = Stats { allocations: 1, bytes_reallocated: isize::MIN, ..Stats::default() };
+    let big = Stats { allocations: 5, current: usize::MAX, bytes_reallocated: 1, ..Stats::default() };
     let d = small - big;
     assert_eq!(d.allocations, 0);
     assert_eq!(d.bytes_reallocated, isize::MIN);
@@ -343,22 +290,10 @@ fn display_is_human_and_shows_histogram_bars() {
         drop(black_box(vec![0u8; 5000]));
     });
     let text = stats.to_string();
-    assert!(
-        text.contains("allocations               4  5.2 KiB"),
-        "{text}"
-    );
+    assert!(text.contains("allocations               4  5.2 KiB"), "{text}");
     assert!(text.contains("deallocations             4"), "{text}");
     assert!(text.contains("allocation sizes (bytes):"), "{text}");
-    assert!(
-        text.contains("[64, 128)              3 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|"),
-        "{text}"
-    );
-    assert!(
-        text.contains("[4K, 8K)               1 |@@@@@@@@@@@@@                           |"),
-        "{text}"
-    );
-    assert!(
-        !text.contains("realloc growth"),
-        "empty histograms are not printed: {text}"
-    );
+    assert!(text.contains("[64, 128)              3 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|"), "{text}");
+    assert!(text.contains("[4K, 8K)               1 |@@@@@@@@@@@@@                           |"), "{text}");
+    assert!(!text.contains("realloc growth"), "empty histograms are not printed: {text}");
 }

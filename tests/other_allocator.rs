@@ -14,13 +14,7 @@ fn ground_truth_over_mimalloc() {
         let _ = black_box("whoa".to_owned().replace("whoa", "wow").to_owned());
     });
     assert_eq!(
-        (
-            stats.allocations,
-            stats.deallocations,
-            stats.reallocations,
-            stats.bytes_allocated,
-            stats.bytes_deallocated
-        ),
+        (stats.allocations, stats.deallocations, stats.reallocations, stats.bytes_allocated, stats.bytes_deallocated),
         (3, 3, 0, 15, 15)
     );
     let ((), stats) = GLOBAL.measure(|| {
@@ -31,10 +25,7 @@ fn ground_truth_over_mimalloc() {
         black_box(&v);
     });
     // Vec doubles from 4 elements: 4, 8, ..., 1024 -> 1 alloc + 8 reallocs.
-    assert_eq!(
-        (stats.allocations, stats.reallocations, stats.deallocations),
-        (1, 8, 1)
-    );
+    assert_eq!((stats.allocations, stats.reallocations, stats.deallocations), (1, 8, 1));
     assert_eq!(stats.bytes_grown, (1024 - 4) * 8);
     assert_eq!(stats.peak, 1024 * 8);
 }
@@ -42,9 +33,8 @@ fn ground_truth_over_mimalloc() {
 #[test]
 fn threads_over_mimalloc_are_counted() {
     let before = GLOBAL.stats();
-    let handles: Vec<_> = (0..8)
-        .map(|i| std::thread::spawn(move || drop(black_box(vec![0u8; 1 << (10 + i)]))))
-        .collect();
+    let handles: Vec<_> =
+        (0..8).map(|i| std::thread::spawn(move || drop(black_box(vec![0u8; 1 << (10 + i)])))).collect();
     for h in handles {
         h.join().unwrap();
     }

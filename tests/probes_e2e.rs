@@ -20,10 +20,8 @@ type Counts = BTreeMap<String, u64>;
 
 /// The fixture's report of its own counters (`stats allocations=…`).
 fn reported(stderr: &str) -> Counts {
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("stats "))
-        .unwrap_or_else(|| panic!("no stats line in {stderr:?}"));
+    let line =
+        stderr.lines().find(|l| l.starts_with("stats ")).unwrap_or_else(|| panic!("no stats line in {stderr:?}"));
     line.split_whitespace()
         .skip(1)
         .map(|kv| {
@@ -65,9 +63,7 @@ fn add_event(counts: &mut Counts, probe: &str, args: &[u64]) {
 
 /// The same aggregation, done in the kernel by bpftrace.
 fn bpftrace_program(exe: &Path) -> String {
-    let p = |probe: &str, body: &str| {
-        format!("usdt:{}:heapprobe:{probe} {{ {body} }}\n", exe.display())
-    };
+    let p = |probe: &str, body: &str| format!("usdt:{}:heapprobe:{probe} {{ {body} }}\n", exe.display());
     [
         p("alloc", "@alloc_n[arg2]++; @alloc_b[arg2] += arg1; @alloc_total++;"),
         p("dealloc", "@dealloc_n[arg2]++; @dealloc_b[arg2] += arg1; @dealloc_total++;"),
@@ -101,20 +97,14 @@ fn trace_with_bpftrace(exe: &Path) -> (Counts, String) {
         .expect("failed to run bpftrace");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "bpftrace exited with {}: {stderr}\n{stdout}",
-        out.status
-    );
+    assert!(out.status.success(), "bpftrace exited with {}: {stderr}\n{stdout}", out.status);
     (parse_bpftrace_maps(&stdout), stderr)
 }
 
 fn trace_with_perf(exe: &Path) -> (Counts, String) {
     let binary = Binary::open(exe).expect("read fixture ELF");
     let mut group = UprobeGroup::new("e2e").expect("uprobe group");
-    let registered = group
-        .add_probes(&binary, "heapprobe", |_| true, support::arg_names)
-        .expect("register uprobes");
+    let registered = group.add_probes(&binary, "heapprobe", |_| true, support::arg_names).expect("register uprobes");
     assert!(registered >= 9, "only {registered} probe sites registered");
     let tmp = TempDir::new("e2e-perf");
     let data = tmp.path().join("perf.data");
@@ -127,21 +117,10 @@ fn trace_with_perf(exe: &Path) -> (Counts, String) {
         .output()
         .expect("failed to run perf record");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "perf record exited with {}: {stderr}",
-        out.status
-    );
-    let script = Command::new("perf")
-        .args(["script", "-F", "event,trace", "-i"])
-        .arg(&data)
-        .output()
-        .expect("perf script");
-    assert!(
-        script.status.success(),
-        "perf script failed: {}",
-        String::from_utf8_lossy(&script.stderr)
-    );
+    assert!(out.status.success(), "perf record exited with {}: {stderr}", out.status);
+    let script =
+        Command::new("perf").args(["script", "-F", "event,trace", "-i"]).arg(&data).output().expect("perf script");
+    assert!(script.status.success(), "perf script failed: {}", String::from_utf8_lossy(&script.stderr));
     drop(group);
     let mut counts = Counts::new();
     for line in String::from_utf8_lossy(&script.stdout).lines() {
@@ -154,10 +133,7 @@ fn trace_with_perf(exe: &Path) -> (Counts, String) {
         let args: Vec<u64> = rest
             .split_whitespace()
             .filter_map(|kv| kv.split_once('='))
-            .map(|(_, v)| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("bad value in {line:?}"))
-            })
+            .map(|(_, v)| v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")))
             .collect();
         add_event(&mut counts, probe, &args);
     }
@@ -168,86 +144,32 @@ fn assert_known_pattern(tool: &str, linker: Linker, counts: &Counts, fixture_std
     let get = |k: &str| counts.get(k).copied().unwrap_or(0);
     let ctx = format!("{tool}, {linker:?} linker: {counts:#?}");
     // known_pattern: 1000 x 4096 bytes, align 64.
-    assert_eq!(
-        (get("alloc_n[64]"), get("alloc_b[64]")),
-        (1000, 4_096_000),
-        "{ctx}"
-    );
-    assert_eq!(
-        (get("dealloc_n[64]"), get("dealloc_b[64]")),
-        (1000, 4_096_000),
-        "{ctx}"
-    );
+    assert_eq!((get("alloc_n[64]"), get("alloc_b[64]")), (1000, 4_096_000), "{ctx}");
+    assert_eq!((get("dealloc_n[64]"), get("dealloc_b[64]")), (1000, 4_096_000), "{ctx}");
     // known_reallocs: 100 x (alloc 100, realloc 100->300, realloc 300->200, dealloc 200), align 32.
-    assert_eq!(
-        (get("alloc_n[32]"), get("alloc_b[32]")),
-        (100, 10_000),
-        "{ctx}"
-    );
-    assert_eq!(
-        (
-            get("realloc_n[32]"),
-            get("realloc_old[32]"),
-            get("realloc_new[32]")
-        ),
-        (200, 40_000, 50_000),
-        "{ctx}"
-    );
-    assert_eq!(
-        (get("dealloc_n[32]"), get("dealloc_b[32]")),
-        (100, 20_000),
-        "{ctx}"
-    );
+    assert_eq!((get("alloc_n[32]"), get("alloc_b[32]")), (100, 10_000), "{ctx}");
+    assert_eq!((get("realloc_n[32]"), get("realloc_old[32]"), get("realloc_new[32]")), (200, 40_000, 50_000), "{ctx}");
+    assert_eq!((get("dealloc_n[32]"), get("dealloc_b[32]")), (100, 20_000), "{ctx}");
     // measured_scope: only its calls fire the *_locked probes.
+    assert_eq!((get("alloc_locked_n"), get("alloc_locked_b")), (10, 7_770), "{ctx}");
     assert_eq!(
-        (get("alloc_locked_n"), get("alloc_locked_b")),
-        (10, 7_770),
-        "{ctx}"
-    );
-    assert_eq!(
-        (
-            get("realloc_locked_n"),
-            get("realloc_locked_old"),
-            get("realloc_locked_new")
-        ),
+        (get("realloc_locked_n"), get("realloc_locked_old"), get("realloc_locked_new")),
         (5, 3_885, 5_000),
         "{ctx}"
     );
-    assert_eq!(
-        (get("dealloc_locked_n"), get("dealloc_locked_b")),
-        (10, 8_885),
-        "{ctx}"
-    );
-    let begins: Vec<_> = counts
-        .iter()
-        .filter(|(k, _)| k.starts_with("scope_begin["))
-        .collect();
-    let ends: Vec<_> = counts
-        .iter()
-        .filter(|(k, _)| k.starts_with("scope_end["))
-        .collect();
+    assert_eq!((get("dealloc_locked_n"), get("dealloc_locked_b")), (10, 8_885), "{ctx}");
+    let begins: Vec<_> = counts.iter().filter(|(k, _)| k.starts_with("scope_begin[")).collect();
+    let ends: Vec<_> = counts.iter().filter(|(k, _)| k.starts_with("scope_end[")).collect();
     assert_eq!(begins.len(), 1, "{ctx}");
     assert_eq!(
-        begins
-            .iter()
-            .map(|(k, v)| (k.replace("begin", "end"), **v))
-            .collect::<Vec<_>>(),
-        ends.iter()
-            .map(|(k, v)| ((*k).clone(), **v))
-            .collect::<Vec<_>>(),
+        begins.iter().map(|(k, v)| (k.replace("begin", "end"), **v)).collect::<Vec<_>>(),
+        ends.iter().map(|(k, v)| ((*k).clone(), **v)).collect::<Vec<_>>(),
         "{ctx}"
     );
     assert_eq!(*begins[0].1, 1, "{ctx}");
     // failing_alloc: one failure of 2^46 bytes, align 8.
     assert_eq!(get(&format!("alloc_failed[{}][8]", 1u64 << 46)), 1, "{ctx}");
-    assert_eq!(
-        counts
-            .keys()
-            .filter(|k| k.starts_with("alloc_failed"))
-            .count(),
-        1,
-        "{ctx}"
-    );
+    assert_eq!(counts.keys().filter(|k| k.starts_with("alloc_failed")).count(), 1, "{ctx}");
     // The kernel saw exactly the calls heapprobe counted in process.
     let own = reported(fixture_stderr);
     assert_eq!(get("alloc_total"), own["allocations"], "{ctx}");
@@ -258,38 +180,16 @@ fn assert_known_pattern(tool: &str, linker: Linker, counts: &Counts, fixture_std
 
 fn check_layout(exe: &Path, linker: Linker) -> Binary {
     let binary = Binary::open(exe).expect("read fixture ELF");
-    assert!(
-        binary.has_stapsdt_base,
-        "no .stapsdt.base in {}",
-        exe.display()
-    );
+    assert!(binary.has_stapsdt_base, "no .stapsdt.base in {}", exe.display());
     // The default build must really exercise perf 6.1's trap, and bfd must not.
-    assert_eq!(
-        binary.code_offset_differs(),
-        linker == Linker::Default,
-        "{linker:?}: segments {:#?}",
-        binary.segments
-    );
-    let names: Vec<&str> = binary
-        .valid_probes(Some("heapprobe"))
-        .map(|p| p.name.as_str())
-        .collect();
+    assert_eq!(binary.code_offset_differs(), linker == Linker::Default, "{linker:?}: segments {:#?}", binary.segments);
+    let names: Vec<&str> = binary.valid_probes(Some("heapprobe")).map(|p| p.name.as_str()).collect();
     for (probe, _) in heapprobe::probes::PROBES {
-        assert!(
-            names.contains(probe),
-            "{linker:?}: no valid site for {probe}: {:#?}",
-            binary.probes
-        );
+        assert!(names.contains(probe), "{linker:?}: no valid site for {probe}: {:#?}", binary.probes);
     }
     for p in &binary.probes {
-        if let Site::Valid {
-            semaphore_offset, ..
-        } = p.site
-        {
-            assert_eq!(
-                semaphore_offset, None,
-                "the default `probe` backend has no semaphores"
-            );
+        if let Site::Valid { semaphore_offset, .. } = p.site {
+            assert_eq!(semaphore_offset, None, "the default `probe` backend has no semaphores");
         }
     }
     binary
@@ -309,20 +209,14 @@ fn run_for(linker: Linker) {
 
 #[test]
 fn default_linker_probes_fire_exactly_under_perf_and_bpftrace() {
-    if support::tracing_available(
-        "default_linker_probes_fire_exactly_under_perf_and_bpftrace",
-        &["perf", "bpftrace"],
-    ) {
+    if support::tracing_available("default_linker_probes_fire_exactly_under_perf_and_bpftrace", &["perf", "bpftrace"]) {
         run_for(Linker::Default);
     }
 }
 
 #[test]
 fn bfd_linker_probes_fire_exactly_under_perf_and_bpftrace() {
-    if support::tracing_available(
-        "bfd_linker_probes_fire_exactly_under_perf_and_bpftrace",
-        &["perf", "bpftrace"],
-    ) {
+    if support::tracing_available("bfd_linker_probes_fire_exactly_under_perf_and_bpftrace", &["perf", "bpftrace"]) {
         run_for(Linker::Bfd);
     }
 }

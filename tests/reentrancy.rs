@@ -70,21 +70,13 @@ fn instrumented_path_never_reenters_and_the_detector_works() {
         let l = Layout::from_size_align(4096, 4096).unwrap();
         GLOBAL.dealloc(GLOBAL.alloc_zeroed(l), l);
     }
-    assert_eq!(
-        GLOBAL.reentrant_calls(),
-        0,
-        "the instrumented path re-entered the global allocator"
-    );
+    assert_eq!(GLOBAL.reentrant_calls(), 0, "the instrumented path re-entered the global allocator");
 
     // Positive control: an inner allocator that allocates through the global
     // allocator must be caught, and counted exactly once per re-entry.
     REENTER_ONCE.with(|r| r.set(true));
     let ((), stats) = GLOBAL.measure(|| drop(black_box(Box::new([0u8; 48]))));
-    assert_eq!(
-        GLOBAL.reentrant_calls(),
-        2,
-        "the re-entrant alloc and its dealloc"
-    );
+    assert_eq!(GLOBAL.reentrant_calls(), 2, "the re-entrant alloc and its dealloc");
     // Re-entrant calls are still counted exactly.
     assert_eq!((stats.allocations, stats.deallocations), (2, 2));
     assert_eq!(stats.bytes_allocated, 48 + 8);

@@ -52,14 +52,7 @@ impl Drop for Noise {
 }
 
 fn six(s: &Stats) -> (usize, usize, usize, usize, usize, isize) {
-    (
-        s.allocations,
-        s.deallocations,
-        s.reallocations,
-        s.bytes_allocated,
-        s.bytes_deallocated,
-        s.bytes_reallocated,
-    )
+    (s.allocations, s.deallocations, s.reallocations, s.bytes_allocated, s.bytes_deallocated, s.bytes_reallocated)
 }
 
 #[test]
@@ -108,10 +101,7 @@ fn result_is_returned_and_what_it_keeps_is_current() {
     assert_eq!((stats.current, stats.peak), (1000, 1000));
     let ((), freed) = GLOBAL.measure(move || drop(v));
     assert_eq!((freed.deallocations, freed.bytes_deallocated), (1, 1000));
-    assert_eq!(
-        freed.current, 0,
-        "freeing older memory never makes current negative"
-    );
+    assert_eq!(freed.current, 0, "freeing older memory never makes current negative");
     assert_eq!(freed.net_bytes(), -1000);
 }
 
@@ -196,10 +186,7 @@ fn scopes_on_sixteen_threads_are_each_exact() {
         .collect();
     for (i, h) in handles.into_iter().enumerate() {
         for stats in h.join().unwrap() {
-            assert_eq!(
-                six(&stats),
-                (i + 1, i + 1, 0, (i + 1) * (32 + i), (i + 1) * (32 + i), 0)
-            );
+            assert_eq!(six(&stats), (i + 1, i + 1, 0, (i + 1) * (32 + i), (i + 1) * (32 + i), 0));
         }
     }
 }

@@ -17,14 +17,7 @@ fn region_example_from_stats_alloc() {
     assert_eq!(change.deallocations, 0);
     drop(x);
     let change = reg.change_and_reset();
-    assert_eq!(
-        (
-            change.allocations,
-            change.deallocations,
-            change.bytes_deallocated
-        ),
-        (1, 1, 1024)
-    );
+    assert_eq!((change.allocations, change.deallocations, change.bytes_deallocated), (1, 1, 1024));
     assert_eq!(reg.change().allocations, 0);
     assert_eq!(reg.initial(), reg.initial());
     reg.reset();

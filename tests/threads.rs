@@ -46,11 +46,9 @@ unsafe impl GlobalAlloc for Witness {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         self.reallocations.fetch_add(1, Relaxed);
         if new_size > layout.size() {
-            self.bytes_allocated
-                .fetch_add(new_size - layout.size(), Relaxed);
+            self.bytes_allocated.fetch_add(new_size - layout.size(), Relaxed);
         } else {
-            self.bytes_deallocated
-                .fetch_add(layout.size() - new_size, Relaxed);
+            self.bytes_deallocated.fetch_add(layout.size() - new_size, Relaxed);
         }
         // SAFETY: caller's contract, forwarded.
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -78,13 +76,7 @@ fn assert_totals_match_witness(when: &str) {
         w.bytes_deallocated.load(Relaxed),
     );
     assert_eq!(
-        (
-            s.allocations,
-            s.deallocations,
-            s.reallocations,
-            s.bytes_allocated,
-            s.bytes_deallocated
-        ),
+        (s.allocations, s.deallocations, s.reallocations, s.bytes_allocated, s.bytes_deallocated),
         witness,
         "{when}: heapprobe vs the inner allocator's own count"
     );
@@ -104,9 +96,7 @@ fn totals_are_exact_across_threads() {
 
     // 10,000 short-lived threads, 50 at a time, so slots are released and reused.
     for batch in 0..200 {
-        let handles: Vec<_> = (0..50)
-            .map(|i| std::thread::spawn(move || churn(batch * 50 + i)))
-            .collect();
+        let handles: Vec<_> = (0..50).map(|i| std::thread::spawn(move || churn(batch * 50 + i))).collect();
         for h in handles {
             h.join().unwrap();
         }
@@ -142,11 +132,7 @@ fn totals_are_exact_across_threads() {
             freed += block.len();
         }
         let after = GLOBAL.thread_stats();
-        (
-            freed,
-            after.bytes_deallocated - before.bytes_deallocated,
-            after.current,
-        )
+        (freed, after.bytes_deallocated - before.bytes_deallocated, after.current)
     });
     let producers: Vec<_> = (0..8)
         .map(|p| {
@@ -167,10 +153,7 @@ fn totals_are_exact_across_threads() {
     assert_eq!(freed, expected);
     // The consumer also frees the channel's blocks; it frees at least the payload.
     assert!(counted >= expected, "{counted} < {expected}");
-    assert_eq!(
-        current, 0,
-        "a thread that only frees has 0 bytes current, not less"
-    );
+    assert_eq!(current, 0, "a thread that only frees has 0 bytes current, not less");
     assert_totals_match_witness("after cross-thread frees");
     assert_eq!(GLOBAL.reentrant_calls(), 0);
 }

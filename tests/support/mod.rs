@@ -15,15 +15,10 @@ pub fn tracing_available(test: &str, tools: &[&str]) -> bool {
     let mut missing = Vec::new();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        missing.push(String::from(
-            "root (run the tests as root, or `sudo -E cargo test`)",
-        ));
+        missing.push(String::from("root (run the tests as root, or `sudo -E cargo test`)"));
     }
     for tool in tools {
-        let ok = Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
         if !ok {
             let package = if *tool == "perf" { "linux-perf" } else { tool };
             missing.push(format!("{tool} (apt-get install -y {package})"));
@@ -32,10 +27,7 @@ pub fn tracing_available(test: &str, tools: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let message = format!(
-        "SKIPPED {test}: needs {}. `bash .ci/run` installs everything.",
-        missing.join(", ")
-    );
+    let message = format!("SKIPPED {test}: needs {}. `bash .ci/run` installs everything.", missing.join(", "));
     if in_ci() {
         panic!("CI=true, so a missing tool is a failure: {message}");
     }
@@ -66,22 +58,13 @@ pub fn build_fixture(linker: Linker) -> PathBuf {
     };
     let target_dir = root().join("target").join(dir);
     let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "--package",
-            "heapprobe-fixture",
-            "--target-dir",
-        ])
+        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--target-dir"])
         .arg(&target_dir)
         .env("RUSTFLAGS", flags)
         .current_dir(root())
         .status()
         .expect("failed to run cargo build for the fixture");
-    assert!(
-        status.success(),
-        "cargo build of the fixture ({linker:?}) exited with {status}"
-    );
+    assert!(status.success(), "cargo build of the fixture ({linker:?}) exited with {status}");
     let exe = target_dir.join("debug").join("heapprobe-fixture");
     assert!(exe.exists(), "{} missing after build", exe.display());
     exe
@@ -91,10 +74,7 @@ pub fn build_fixture(linker: Linker) -> PathBuf {
 pub fn assert_no_heapprobe_uprobes() {
     let tracefs = heapprobe_sdt::tracefs().expect("tracefs");
     let events = std::fs::read_to_string(tracefs.join("uprobe_events")).unwrap_or_default();
-    let ours: Vec<&str> = events
-        .lines()
-        .filter(|l| l.contains(heapprobe_sdt::GROUP_PREFIX))
-        .collect();
+    let ours: Vec<&str> = events.lines().filter(|l| l.contains(heapprobe_sdt::GROUP_PREFIX)).collect();
     assert!(ours.is_empty(), "uprobes left behind: {ours:#?}");
 }
 

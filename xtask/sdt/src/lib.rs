@@ -102,40 +102,23 @@ impl Arg {
             Location::Immediate(value.parse().ok()?)
         } else if let Some((offset, base)) = location.split_once('(') {
             let base = base.strip_suffix(')')?.strip_prefix('%')?.to_owned();
-            let offset = if offset.is_empty() {
-                0
-            } else {
-                offset.parse().ok()?
-            };
+            let offset = if offset.is_empty() { 0 } else { offset.parse().ok()? };
             Location::Memory { offset, base }
         } else {
             // aarch64 writes bare register names: `8@x0`.
             Location::Register(location.to_owned())
         };
-        Some(Self {
-            size,
-            signed,
-            location,
-        })
+        Some(Self { size, signed, location })
     }
 
     /// The argument as a uprobe_events fetch-arg (`%di:u64`), or `None` if
     /// the kernel syntax cannot express it.
     pub fn fetcharg(&self) -> Option<String> {
-        let ty = format!(
-            "{}{}",
-            if self.signed { 's' } else { 'u' },
-            u32::from(self.size) * 8
-        );
+        let ty = format!("{}{}", if self.signed { 's' } else { 'u' }, u32::from(self.size) * 8);
         let value = match &self.location {
             Location::Register(r) => format!("%{}", kernel_register(r)?),
             Location::Memory { offset, base } => {
-                format!(
-                    "{}{}(%{})",
-                    if *offset < 0 { '-' } else { '+' },
-                    offset.unsigned_abs(),
-                    kernel_register(base)?
-                )
+                format!("{}{}(%{})", if *offset < 0 { '-' } else { '+' }, offset.unsigned_abs(), kernel_register(base)?)
             }
             Location::Immediate(v) => format!("\\{v}"),
         };
@@ -220,14 +203,10 @@ pub enum Site {
 impl fmt::Display for Site {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Site::Valid {
-                offset,
-                semaphore_offset: None,
-            } => write!(f, "file offset {offset:#x}"),
-            Site::Valid {
-                offset,
-                semaphore_offset: Some(s),
-            } => write!(f, "file offset {offset:#x}, semaphore at {s:#x}"),
+            Site::Valid { offset, semaphore_offset: None } => write!(f, "file offset {offset:#x}"),
+            Site::Valid { offset, semaphore_offset: Some(s) } => {
+                write!(f, "file offset {offset:#x}, semaphore at {s:#x}")
+            }
             Site::Bogus(why) => write!(f, "bogus: {why}"),
         }
     }
@@ -265,19 +244,13 @@ impl Binary {
     /// Reads `path`'s program headers, sections and stapsdt notes.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
-        let data = std::fs::read(&path).map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let data = std::fs::read(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
         Self::parse(path, &data)
     }
 
     /// As [`open`](Self::open), from bytes already read.
     pub fn parse(path: PathBuf, data: &[u8]) -> Result<Self, Error> {
-        let not_elf = |e: object::read::Error| Error::NotElf {
-            path: path.clone(),
-            reason: e.to_string(),
-        };
+        let not_elf = |e: object::read::Error| Error::NotElf { path: path.clone(), reason: e.to_string() };
         let header = FileHeader64::<Endianness>::parse(data).map_err(not_elf)?;
         let endian = header.endian().map_err(not_elf)?;
         let segments: Vec<Segment> = header
@@ -302,9 +275,7 @@ impl Binary {
             })
             .map(|s| (s.sh_addr(endian), s.sh_addr(endian) + s.sh_size(endian)))
             .collect();
-        let base = sections
-            .section_by_name(endian, b".stapsdt.base")
-            .map(|(_, s)| s.sh_addr(endian));
+        let base = sections.section_by_name(endian, b".stapsdt.base").map(|(_, s)| s.sh_addr(endian));
         let is_64 = true;
 
         let mut probes = Vec::new();
@@ -321,17 +292,8 @@ impl Binary {
                 }
             }
         }
-        let mut binary = Self {
-            path,
-            probes,
-            segments,
-            has_stapsdt_base: base.is_some(),
-        };
-        let sites: Vec<Site> = binary
-            .probes
-            .iter()
-            .map(|p| binary.locate(p, &code, data))
-            .collect();
+        let mut binary = Self { path, probes, segments, has_stapsdt_base: base.is_some() };
+        let sites: Vec<Site> = binary.probes.iter().map(|p| binary.locate(p, &code, data)).collect();
         for (probe, site) in binary.probes.iter_mut().zip(sites) {
             probe.site = site;
         }
@@ -349,36 +311,24 @@ impl Binary {
     /// True when code is mapped at a virtual address different from its file
     /// offset (rust-lld's layout): naive `perf probe sdt_…` misplaces probes.
     pub fn code_offset_differs(&self) -> bool {
-        self.segments
-            .iter()
-            .any(|s| s.executable && s.vaddr != s.offset)
+        self.segments.iter().any(|s| s.executable && s.vaddr != s.offset)
     }
 
     /// The valid sites of `provider` (all providers if `None`).
-    pub fn valid_probes<'a>(
-        &'a self,
-        provider: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Probe> + 'a {
-        self.probes.iter().filter(move |p| {
-            matches!(p.site, Site::Valid { .. }) && provider.is_none_or(|want| p.provider == want)
-        })
+    pub fn valid_probes<'a>(&'a self, provider: Option<&'a str>) -> impl Iterator<Item = &'a Probe> + 'a {
+        self.probes
+            .iter()
+            .filter(move |p| matches!(p.site, Site::Valid { .. }) && provider.is_none_or(|want| p.provider == want))
     }
 
     fn locate(&self, probe: &Probe, code: &[(u64, u64)], data: &[u8]) -> Site {
         let pc = probe.address;
         if !code.iter().any(|(start, end)| pc >= *start && pc < *end) {
-            return Site::Bogus(format!(
-                "address {pc:#x} is outside executable code (site discarded by the linker?)"
-            ));
+            return Site::Bogus(format!("address {pc:#x} is outside executable code (site discarded by the linker?)"));
         }
-        let Some(segment) = self
-            .segments
-            .iter()
-            .find(|s| s.executable && pc >= s.vaddr && pc < s.vaddr + s.file_size)
+        let Some(segment) = self.segments.iter().find(|s| s.executable && pc >= s.vaddr && pc < s.vaddr + s.file_size)
         else {
-            return Site::Bogus(format!(
-                "address {pc:#x} is in no executable PT_LOAD segment"
-            ));
+            return Site::Bogus(format!("address {pc:#x} is in no executable PT_LOAD segment"));
         };
         let offset = pc - segment.vaddr + segment.offset;
         if cfg!(target_arch = "x86_64") && data.get(offset as usize) != Some(&0x90) {
@@ -391,10 +341,7 @@ impl Binary {
                 None => return Site::Bogus(format!("semaphore {sem:#x} is not file-backed")),
             },
         };
-        Site::Valid {
-            offset,
-            semaphore_offset,
-        }
+        Site::Valid { offset, semaphore_offset }
     }
 }
 
@@ -411,11 +358,7 @@ fn parse_note(desc: &[u8], endian: Endianness, is_64: bool, base: Option<u64>) -
     };
     let (pc, note_base, semaphore) = (read(0)?, read(word)?, read(2 * word)?);
     let mut strings = desc.get(3 * word..)?.split(|b| *b == 0);
-    let mut next = || {
-        strings
-            .next()
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-    };
+    let mut next = || strings.next().map(|s| String::from_utf8_lossy(s).into_owned());
     let (provider, name, arguments) = (next()?, next()?, next().unwrap_or_default());
     // Prelink moves .stapsdt.base; the note keeps the link-time address.
     let shift = base.map_or(0, |b| b.wrapping_sub(note_base));

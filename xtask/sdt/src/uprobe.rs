@@ -16,16 +16,10 @@ const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing
 /// The tracefs mount point. If none is mounted and we may, mounts it at
 /// `/sys/kernel/tracing`.
 pub fn tracefs() -> Result<PathBuf, Error> {
-    if let Some(dir) = CANDIDATES
-        .iter()
-        .map(PathBuf::from)
-        .find(|d| d.join("uprobe_events").exists())
-    {
+    if let Some(dir) = CANDIDATES.iter().map(PathBuf::from).find(|d| d.join("uprobe_events").exists()) {
         return Ok(dir);
     }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", CANDIDATES[0]])
-        .status();
+    let status = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", CANDIDATES[0]]).status();
     match status {
         Ok(s) if s.success() && Path::new(CANDIDATES[0]).join("uprobe_events").exists() => Ok(PathBuf::from(CANDIDATES[0])),
         _ => Err(Error::Tracefs {
@@ -56,12 +50,7 @@ pub struct UprobeSpec {
 impl UprobeSpec {
     /// The line to write to `uprobe_events`.
     pub fn definition(&self, group: &str) -> String {
-        let mut line = format!(
-            "p:{group}/{} {}:{:#x}",
-            self.event,
-            self.path.display(),
-            self.offset
-        );
+        let mut line = format!("p:{group}/{} {}:{:#x}", self.event, self.path.display(), self.offset);
         if let Some(r) = self.ref_ctr_offset {
             line.push_str(&format!("({r:#x})"));
         }
@@ -89,11 +78,7 @@ impl UprobeGroup {
         let tracefs = tracefs()?;
         let n = NEXT_GROUP.fetch_add(1, Ordering::Relaxed);
         let name = format!("{GROUP_PREFIX}{}_{tag}{n}", std::process::id());
-        Ok(Self {
-            name,
-            tracefs,
-            events: Vec::new(),
-        })
+        Ok(Self { name, tracefs, events: Vec::new() })
     }
 
     /// The group's name, as perf spells events: `GROUP:EVENT`.
@@ -124,20 +109,13 @@ impl UprobeGroup {
         want: impl Fn(&str) -> bool,
         arg_names: impl Fn(&str) -> Vec<String>,
     ) -> Result<usize, Error> {
-        let path = binary.path.canonicalize().map_err(|source| Error::Read {
-            path: binary.path.clone(),
-            source,
-        })?;
+        let path = binary.path.canonicalize().map_err(|source| Error::Read { path: binary.path.clone(), source })?;
         let mut added = 0;
         for (i, probe) in binary.valid_probes(Some(provider)).enumerate() {
             if !want(&probe.name) {
                 continue;
             }
-            let Site::Valid {
-                offset,
-                semaphore_offset,
-            } = probe.site
-            else {
+            let Site::Valid { offset, semaphore_offset } = probe.site else {
                 continue;
             };
             let names = arg_names(&probe.name);
@@ -150,10 +128,7 @@ impl UprobeGroup {
                         probe: format!("{}:{}", probe.provider, probe.name),
                         arg: format!("{arg:?}"),
                     })?;
-                    Ok((
-                        names.get(n).cloned().unwrap_or_else(|| format!("arg{n}")),
-                        fetch,
-                    ))
+                    Ok((names.get(n).cloned().unwrap_or_else(|| format!("arg{n}")), fetch))
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
             let spec = UprobeSpec {
@@ -189,10 +164,7 @@ impl UprobeGroup {
 impl Drop for UprobeGroup {
     fn drop(&mut self) {
         if let Err(e) = self.remove_all() {
-            eprintln!(
-                "heapprobe: could not remove uprobe group {}: {e}",
-                self.name
-            );
+            eprintln!("heapprobe: could not remove uprobe group {}: {e}", self.name);
         }
     }
 }
@@ -200,18 +172,9 @@ impl Drop for UprobeGroup {
 fn write_events(tracefs: &Path, line: &str) -> Result<(), Error> {
     let path = tracefs.join("uprobe_events");
     let what = || format!("cannot write {line:?} to {}", path.display());
-    let mut file = OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .map_err(|source| Error::Tracefs {
-            what: what(),
-            source,
-        })?;
-    file.write_all(line.as_bytes())
-        .map_err(|source| Error::Tracefs {
-            what: what(),
-            source,
-        })
+    let mut file =
+        OpenOptions::new().append(true).open(&path).map_err(|source| Error::Tracefs { what: what(), source })?;
+    file.write_all(line.as_bytes()).map_err(|source| Error::Tracefs { what: what(), source })
 }
 
 /// Removes heapprobe groups whose creating process is gone (a run that was
@@ -220,28 +183,19 @@ fn write_events(tracefs: &Path, line: &str) -> Result<(), Error> {
 pub fn sweep_stale_groups() -> Result<Vec<String>, Error> {
     let tracefs = tracefs()?;
     let path = tracefs.join("uprobe_events");
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Tracefs {
-        what: format!("cannot read {}", path.display()),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| Error::Tracefs { what: format!("cannot read {}", path.display()), source })?;
     let mut removed = Vec::new();
     for line in text.lines() {
         // p:GROUP/EVENT PATH:OFFSET ...
-        let Some(id) = line
-            .split_whitespace()
-            .next()
-            .and_then(|d| d.split_once(':'))
-            .map(|(_, id)| id)
-        else {
+        let Some(id) = line.split_whitespace().next().and_then(|d| d.split_once(':')).map(|(_, id)| id) else {
             continue;
         };
         let Some((group, _)) = id.split_once('/') else {
             continue;
         };
-        let Some(pid) = group
-            .strip_prefix(GROUP_PREFIX)
-            .and_then(|r| r.split('_').next())
-            .and_then(|p| p.parse::<u32>().ok())
+        let Some(pid) =
+            group.strip_prefix(GROUP_PREFIX).and_then(|r| r.split('_').next()).and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
         };
