@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use heapprobe_sdt::{Binary, Site, UprobeGroup};
-use support::{Linker, TempDir};
+use support::{Backend, Linker, TempDir};
 
 /// Aggregates keyed like bpftrace maps: `alloc_n[64]` is the number of
 /// `alloc` events with align 64, `alloc_b[64]` the sum of their sizes.
@@ -178,7 +178,7 @@ fn assert_known_pattern(tool: &str, linker: Linker, counts: &Counts, fixture_std
     assert_eq!(own["failures"], 1, "{ctx}");
 }
 
-fn check_layout(exe: &Path, linker: Linker) -> Binary {
+fn check_layout(exe: &Path, linker: Linker, backend: Backend) -> Binary {
     let binary = Binary::open(exe).expect("read fixture ELF");
     assert!(binary.has_stapsdt_base, "no .stapsdt.base in {}", exe.display());
     // The default build must really exercise perf 6.1's trap, and bfd must not.
@@ -189,15 +189,23 @@ fn check_layout(exe: &Path, linker: Linker) -> Binary {
     }
     for p in &binary.probes {
         if let Site::Valid { semaphore_offset, .. } = p.site {
-            assert_eq!(semaphore_offset, None, "the default `probe` backend has no semaphores");
+            match backend {
+                Backend::Probe => assert_eq!(semaphore_offset, None, "the default `probe` backend has no semaphores"),
+                Backend::Usdt => assert!(semaphore_offset.is_some(), "`usdt` probes are semaphore-guarded: {p:?}"),
+            }
         }
     }
     binary
 }
 
-fn run_for(linker: Linker) {
-    let exe = support::build_fixture(linker);
-    check_layout(&exe, linker);
+/// The tests share kernel state (uprobe_events) and assert that none of
+/// it is left behind, so they take turns.
+static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn run_for(linker: Linker, backend: Backend) {
+    let _turn = KERNEL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let exe = support::build_fixture(linker, backend);
+    check_layout(&exe, linker, backend);
 
     let (counts, stderr) = trace_with_bpftrace(&exe);
     assert_known_pattern("bpftrace", linker, &counts, &stderr);
@@ -210,13 +218,23 @@ fn run_for(linker: Linker) {
 #[test]
 fn default_linker_probes_fire_exactly_under_perf_and_bpftrace() {
     if support::tracing_available("default_linker_probes_fire_exactly_under_perf_and_bpftrace", &["perf", "bpftrace"]) {
-        run_for(Linker::Default);
+        run_for(Linker::Default, Backend::Probe);
     }
 }
 
 #[test]
 fn bfd_linker_probes_fire_exactly_under_perf_and_bpftrace() {
     if support::tracing_available("bfd_linker_probes_fire_exactly_under_perf_and_bpftrace", &["perf", "bpftrace"]) {
-        run_for(Linker::Bfd);
+        run_for(Linker::Bfd, Backend::Probe);
+    }
+}
+
+/// The semaphores of the `usdt` backend switch on under both tools with the
+/// default linker: perf through the uprobe's reference counter, bpftrace by
+/// itself. A semaphore that stayed 0 would give 0 events here.
+#[test]
+fn usdt_backend_semaphores_switch_on_under_perf_and_bpftrace() {
+    if support::tracing_available("usdt_backend_semaphores_switch_on_under_perf_and_bpftrace", &["perf", "bpftrace"]) {
+        run_for(Linker::Default, Backend::Usdt);
     }
 }

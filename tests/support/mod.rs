@@ -49,22 +49,35 @@ pub enum Linker {
     Bfd,
 }
 
-/// Builds the fixture binary with `linker` in its own target directory and
-/// returns the executable's path.
-pub fn build_fixture(linker: Linker) -> PathBuf {
+/// Which probe backend the fixture is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// heapprobe's default: the `probe` crate, no semaphores.
+    Probe,
+    /// The `usdt` crate: semaphore-guarded probes.
+    Usdt,
+}
+
+/// Builds the fixture binary with `linker` and `backend` in its own target
+/// directory and returns the executable's path.
+pub fn build_fixture(linker: Linker, backend: Backend) -> PathBuf {
     let (dir, flags) = match linker {
         Linker::Default => ("fixture-default", ""),
         Linker::Bfd => ("fixture-bfd", "-C link-arg=-fuse-ld=bfd"),
     };
+    let (dir, features) = match backend {
+        Backend::Probe => (dir.to_owned(), ""),
+        Backend::Usdt => (format!("{dir}-usdt"), "usdt"),
+    };
     let target_dir = root().join("target").join(dir);
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--target-dir"])
+        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--features", features, "--target-dir"])
         .arg(&target_dir)
         .env("RUSTFLAGS", flags)
         .current_dir(root())
         .status()
         .expect("failed to run cargo build for the fixture");
-    assert!(status.success(), "cargo build of the fixture ({linker:?}) exited with {status}");
+    assert!(status.success(), "cargo build of the fixture ({linker:?}, {backend:?}) exited with {status}");
     let exe = target_dir.join("debug").join("heapprobe-fixture");
     assert!(exe.exists(), "{} missing after build", exe.display());
     exe
