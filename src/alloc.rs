@@ -34,10 +34,12 @@ pub const GLOBAL_PEAK_GRANULE: i64 = 64 * 1024;
 /// #[global_allocator]
 /// static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
 ///
-/// let (_, stats) = GLOBAL.measure(|| vec![1u8, 2, 3]);
+/// let (v, stats) = GLOBAL.measure(|| vec![1u8, 2, 3]);
 /// assert_eq!(stats.allocations, 1);
 /// assert_eq!(stats.bytes_allocated, 3);
-/// assert_eq!(stats.deallocations, 1);
+/// assert_eq!(stats.deallocations, 0); // `v` is still alive
+/// assert_eq!(stats.current, 3);
+/// # drop(v);
 /// ```
 pub struct Heapprobe<A> {
     inner: A,

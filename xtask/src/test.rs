@@ -1,0 +1,80 @@
+//! `cargo xtask test`: the whole test suite, as CI runs it.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::util::{display, exec, has_tool, is_root, project_root};
+
+/// The system packages the tracing tests need, by the program they provide.
+const TOOLS: [(&str, &str); 3] = [("perf", "linux-perf"), ("bpftrace", "bpftrace"), ("ld.bfd", "binutils")];
+
+/// Options of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Never run apt-get; stop with the command to run instead.
+    #[arg(long)]
+    no_install: bool,
+    /// Extra arguments for every `cargo test` run (after `--`), such as a filter.
+    #[arg(last = true)]
+    test_args: Vec<String>,
+}
+
+/// Runs every test suite: default features (the `probe` backend, with the
+/// end-to-end tracing tests for both linkers and the `usdt` backend), probes
+/// compiled out, and the `serde` feature.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    prepare_tracing(args.no_install)?;
+    let root = project_root();
+    let suites: [(&str, &[&str]); 3] = [
+        ("default features", &["--workspace"]),
+        ("probes compiled out", &["--package", "heapprobe", "--no-default-features"]),
+        ("serde", &["--package", "heapprobe", "--features", "serde", "--test", "serde"]),
+    ];
+    for (name, flags) in suites {
+        eprintln!("\n==> cargo test, {name}");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| String::from("cargo")));
+        cmd.current_dir(&root).arg("test").args(flags);
+        if !args.test_args.is_empty() {
+            cmd.arg("--").args(&args.test_args);
+        }
+        exec(&mut cmd)?;
+    }
+    eprintln!("\nall test suites passed");
+    Ok(())
+}
+
+/// Makes sure perf, bpftrace, GNU ld and tracefs are there, installing the
+/// packages with apt-get when we are root on a Debian-like system.
+fn prepare_tracing(no_install: bool) -> anyhow::Result<()> {
+    let missing: Vec<&str> = TOOLS.iter().filter(|(tool, _)| !has_tool(tool)).map(|(_, package)| *package).collect();
+    if !missing.is_empty() {
+        let install = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+        let can_install = !no_install && is_root() && Path::new("/usr/bin/apt-get").exists();
+        if !can_install {
+            bail!(
+                "the tracing tests need {}: run `{install}` as root (or `sudo`), then run `cargo xtask test` again",
+                missing.join(", ")
+            );
+        }
+        eprintln!("==> installing {} with apt-get (we are root)", missing.join(" "));
+        exec(Command::new("apt-get").arg("update").arg("-q"))?;
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive");
+        exec(&mut cmd)?;
+    }
+    let tracefs = Path::new("/sys/kernel/tracing");
+    if is_root() && !tracefs.join("uprobe_events").exists() {
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "tracefs", "nodev"]).arg(tracefs);
+        eprintln!("==> mounting tracefs: {}", display(&cmd));
+        exec(&mut cmd)?;
+    }
+    if !is_root() {
+        eprintln!(
+            "note: not root, so the tracing tests will skip (CI=true makes that a failure); run `sudo -E cargo xtask test` for the whole suite"
+        );
+    }
+    Ok(())
+}
