@@ -235,31 +235,34 @@ fn bench_two_threads_alloc_free_32b(c: &mut Criterion) {
     // One iteration is ~milliseconds: take fewer, equal-sized samples.
     group.sampling_mode(SamplingMode::Flat).sample_size(20);
     each_variant(&mut group, |b| {
-        // Both threads are spawned once per sample, warm up (so thread
-        // start-up and any per-thread setup in a wrapper stay untimed), meet
-        // at a barrier, and then time `iters` iterations each. The sample is
-        // the slower thread's time: the wall time of the contended run.
-        b.iter_custom(|iters| {
-            let barrier = Barrier::new(THREADS);
-            thread::scope(|s| {
-                let workers: Vec<_> = (0..THREADS)
-                    .map(|_| {
-                        s.spawn(|| {
-                            alloc_free_32b(1000);
-                            barrier.wait();
-                            let start = Instant::now();
-                            for _ in 0..iters {
-                                alloc_free_32b(PER_THREAD);
-                            }
-                            start.elapsed()
-                        })
-                    })
-                    .collect();
-                workers.into_iter().map(|w| w.join().expect("worker panicked")).max().unwrap_or_default()
-            })
-        });
+        b.iter_custom(two_threads);
     });
     group.finish();
+}
+
+/// `iters` iterations of [`PER_THREAD`] 32-byte alloc+free pairs on each of
+/// [`THREADS`] threads at once. Both threads are spawned, warm up (so thread
+/// start-up and any per-thread setup in a wrapper stay untimed), meet at a
+/// barrier, then time their work. Returns the slower thread's time: the wall
+/// time of the contended run.
+fn two_threads(iters: u64) -> Duration {
+    let barrier = Barrier::new(THREADS);
+    thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    alloc_free_32b(1000);
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        alloc_free_32b(PER_THREAD);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker panicked")).max().unwrap_or_default()
+    })
 }
 
 fn bench_hashmap_100k(c: &mut Criterion) {
@@ -267,6 +270,95 @@ fn bench_hashmap_100k(c: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
     each_variant(&mut group, |b| b.iter(hashmap_100k));
     group.finish();
+}
+
+/// One workload of the interleaved table: its README label, how many rounds
+/// to take, and one timed run of it.
+struct Workload {
+    label: &'static str,
+    rounds: usize,
+    run: fn() -> Duration,
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        label: "(1) alloc+free 32 B, ×10 000",
+        rounds: 41,
+        run: || {
+            let start = Instant::now();
+            alloc_free_32b(10_000);
+            start.elapsed()
+        },
+    },
+    Workload {
+        label: "(2) `Vec<u64>` growth to 1000, ×100",
+        rounds: 41,
+        run: || {
+            let start = Instant::now();
+            for _ in 0..100 {
+                drop(black_box(vec_u64_growth_1000()));
+            }
+            start.elapsed()
+        },
+    },
+    Workload { label: "(3) workload 1 on 2 threads, ×100 000 each", rounds: 21, run: || two_threads(1) },
+    Workload {
+        label: "(4) `HashMap<String, Vec<u8>>` 100k built+dropped",
+        rounds: 15,
+        run: || {
+            let start = Instant::now();
+            drop(black_box(hashmap_100k()));
+            start.elapsed()
+        },
+    },
+];
+
+/// Criterion runs the variants one after another, so on a machine whose
+/// speed drifts (a shared VM) its per-variant times are not comparable. This
+/// table is: each round runs every variant back to back (in a rotating
+/// order), each variant's ratio to `system` is taken within the round, and
+/// the table shows the median over rounds. It is printed as Markdown, ready
+/// for the README.
+fn interleaved_table(_: &mut Criterion) {
+    println!("\ninterleaved medians (ratio to system within each round, then the median):\n");
+    println!("| Workload | System | heapprobe | heapster `full` | stats_alloc |");
+    println!("|---|---|---|---|---|");
+    for workload in &WORKLOADS {
+        (workload.run)(); // warm up
+        let mut times = vec![Vec::new(); VARIANTS.len()];
+        let mut ratios = vec![Vec::new(); VARIANTS.len()];
+        for round in 0..workload.rounds {
+            let mut this_round = [Duration::ZERO; VARIANTS.len()];
+            for k in 0..VARIANTS.len() {
+                let index = (round + k) % VARIANTS.len();
+                select(VARIANTS[index].0);
+                this_round[index] = (workload.run)();
+            }
+            select(SYSTEM_MODE);
+            for (index, time) in this_round.iter().enumerate() {
+                times[index].push(time.as_secs_f64());
+                ratios[index].push(time.as_secs_f64() / this_round[0].as_secs_f64());
+            }
+        }
+        let mut row = format!("| {} | {} |", workload.label, human(median(&mut times[0])));
+        for index in 1..VARIANTS.len() {
+            row += &format!(" {} ({:.2}×) |", human(median(&mut times[index])), median(&mut ratios[index]));
+        }
+        println!("{row}");
+    }
+    println!();
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn human(secs: f64) -> String {
+    match secs {
+        s if s >= 1e-3 => format!("{:.2} ms", s * 1e3),
+        s => format!("{:.1} µs", s * 1e6),
+    }
 }
 
 criterion_group! {
@@ -278,6 +370,7 @@ criterion_group! {
         bench_alloc_free_32b,
         bench_vec_u64_growth_1000,
         bench_two_threads_alloc_free_32b,
-        bench_hashmap_100k
+        bench_hashmap_100k,
+        interleaved_table
 }
 criterion_main!(benches);

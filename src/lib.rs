@@ -79,3 +79,8 @@ pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
 pub use crate::compat::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 pub use crate::histogram::{Histogram, BUCKETS};
 pub use crate::stats::Stats;
+
+/// The README's Rust examples run as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
