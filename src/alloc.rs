@@ -241,11 +241,14 @@ impl<A> Heapprobe<A> {
         Entry { state: Some(state), slot: self.slot_of(state) }
     }
 
+    /// Adds `delta` to this thread's net bytes; `GROWS` says whether `delta`
+    /// may be positive (only then can a peak move), so that dealloc skips the
+    /// peak bookkeeping entirely.
     #[inline(always)]
-    fn net_changed(&self, entry: &Entry<'_>, delta: i64) {
+    fn net_changed<const GROWS: bool>(&self, entry: &Entry<'_>, delta: i64) {
         match entry.slot {
             Some(slot) => {
-                let net = slot.add_net(delta);
+                let net = slot.add_net::<GROWS>(delta);
                 let pending = net.wrapping_sub(slot.published.load(Relaxed));
                 if !(-GLOBAL_PEAK_GRANULE..GLOBAL_PEAK_GRANULE).contains(&pending) {
                     self.publish(slot, net, pending);
@@ -253,7 +256,9 @@ impl<A> Heapprobe<A> {
             }
             None => {
                 let global = self.global_net.fetch_add(delta, Relaxed).wrapping_add(delta);
-                self.global_peak.fetch_max(global, Relaxed);
+                if GROWS {
+                    self.global_peak.fetch_max(global, Relaxed);
+                }
             }
         }
     }
@@ -289,7 +294,7 @@ impl<A> Heapprobe<A> {
             return;
         }
         tally.allocated(size, writer);
-        self.net_changed(&entry, size as i64);
+        self.net_changed::<true>(&entry, size as i64);
         probes::alloc(ptr as u64, size as u64, align as u64);
         if Self::in_scope(&entry) {
             probes::alloc_locked(ptr as u64, size as u64, align as u64);
@@ -338,18 +343,21 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let entry = self.enter();
+        // Bookkeeping first, so that the call to `inner` can be a tail call.
+        {
+            let entry = self.enter();
+            let (size, align) = (layout.size(), layout.align());
+            let (tally, writer) = self.tally(&entry);
+            tally.deallocated(size, writer);
+            self.net_changed::<false>(&entry, (size as i64).wrapping_neg());
+            probes::dealloc(ptr as u64, size as u64, align as u64);
+            if Self::in_scope(&entry) {
+                probes::dealloc_locked(ptr as u64, size as u64, align as u64);
+            }
+        }
         // SAFETY: the caller guarantees `ptr` came from this allocator (and so
         // from `inner`) with `layout`.
-        unsafe { self.inner.dealloc(ptr, layout) };
-        let (size, align) = (layout.size(), layout.align());
-        let (tally, writer) = self.tally(&entry);
-        tally.deallocated(size, writer);
-        self.net_changed(&entry, (size as i64).wrapping_neg());
-        probes::dealloc(ptr as u64, size as u64, align as u64);
-        if Self::in_scope(&entry) {
-            probes::dealloc_locked(ptr as u64, size as u64, align as u64);
-        }
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     #[inline]
@@ -366,7 +374,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
             return new_ptr;
         }
         tally.reallocated(old_size, new_size, new_ptr != ptr, writer);
-        self.net_changed(&entry, (new_size as i64).wrapping_sub(old_size as i64));
+        self.net_changed::<true>(&entry, (new_size as i64).wrapping_sub(old_size as i64));
         probes::realloc(ptr as u64, new_ptr as u64, old_size as u64, new_size as u64, align as u64);
         if Self::in_scope(&entry) {
             probes::realloc_locked(ptr as u64, new_ptr as u64, old_size as u64, new_size as u64, align as u64);

@@ -220,13 +220,13 @@ impl Slot {
         }
     }
 
-    /// Adds `delta` to `net` and raises the high-water marks. Owner only.
-    /// Returns the new `net`.
+    /// Adds `delta` to `net` and, if `GROWS` and `delta > 0`, raises the
+    /// high-water marks. Owner only. Returns the new `net`.
     #[inline(always)]
-    pub(crate) fn add_net(&self, delta: i64) -> i64 {
+    pub(crate) fn add_net<const GROWS: bool>(&self, delta: i64) -> i64 {
         let net = self.net.load(Relaxed).wrapping_add(delta);
         self.net.store(net, Relaxed);
-        if delta > 0 {
+        if GROWS && delta > 0 {
             if net > self.thread_high.load(Relaxed) {
                 self.thread_high.store(net, Relaxed);
             }
