@@ -3,9 +3,10 @@
 
 use std::alloc::System;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use heapprobe::{Heapprobe, Stats};
 
@@ -15,30 +16,51 @@ static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
 /// Starts `n` threads that allocate and free in a loop until the guard drops.
 struct Noise {
     stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<u64>>,
+    /// Loop rounds completed by all noise threads together.
+    rounds: Arc<AtomicU64>,
+    threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Noise {
+    /// Returns once every noise thread has completed a round.
     fn start(n: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let started = Arc::new(Barrier::new(n + 1));
         let threads = (0..n)
             .map(|i| {
-                let stop = stop.clone();
+                let (stop, rounds, started) = (stop.clone(), rounds.clone(), started.clone());
                 thread::spawn(move || {
-                    let mut rounds = 0u64;
+                    let mut first = true;
                     while !stop.load(Ordering::Relaxed) {
                         let v: Vec<u8> = black_box(vec![i as u8; 100 + i * 7]);
-                        let s = black_box(format!("{rounds}{}", v.len()));
+                        let s = black_box(format!("{}{}", rounds.load(Ordering::Relaxed), v.len()));
                         drop((v, s));
-                        rounds += 1;
+                        rounds.fetch_add(1, Ordering::Relaxed);
+                        if std::mem::take(&mut first) {
+                            started.wait();
+                        }
                     }
-                    rounds
                 })
             })
             .collect();
-        // Make sure the noise is running before the measurement starts.
-        thread::sleep(std::time::Duration::from_millis(20));
-        Self { stop, threads }
+        started.wait();
+        Self { stop, rounds, threads }
+    }
+
+    /// Runs `measure` at least 200 times, and until the noise threads have
+    /// completed another 1000 rounds meanwhile, so the measurements really
+    /// overlapped with other threads' allocations (on a loaded 2-core
+    /// machine the scheduler may otherwise starve them).
+    fn overlap(&self, mut measure: impl FnMut()) {
+        let before = self.rounds.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut runs = 0;
+        while runs < 200 || self.rounds.load(Ordering::Relaxed) < before + 1000 {
+            measure();
+            runs += 1;
+            assert!(Instant::now() < deadline, "the noise threads made no progress in 60 s");
+        }
     }
 }
 
@@ -46,7 +68,7 @@ impl Drop for Noise {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
-            assert!(t.join().unwrap() > 0, "a noise thread never ran");
+            t.join().unwrap();
         }
     }
 }
@@ -57,21 +79,19 @@ fn six(s: &Stats) -> (usize, usize, usize, usize, usize, isize) {
 
 #[test]
 fn ground_truth_string_replace_while_four_threads_allocate() {
-    let _noise = Noise::start(4);
-    for _ in 0..200 {
+    Noise::start(4).overlap(|| {
         let ((), stats) = GLOBAL.measure(|| {
             let _ = black_box("whoa".to_owned().replace("whoa", "wow").to_owned());
         });
         assert_eq!(six(&stats), (3, 3, 0, 15, 15, 0), "{stats}");
         assert_eq!(stats.current, 0);
         assert_eq!(stats.allocation_failures, 0);
-    }
+    });
 }
 
 #[test]
 fn ground_truth_vec_of_four_i32_while_four_threads_allocate() {
-    let _noise = Noise::start(4);
-    for _ in 0..200 {
+    Noise::start(4).overlap(|| {
         let ((), stats) = GLOBAL.measure(|| {
             let _ = black_box(vec![1i32, 2, 3, 4]);
         });
@@ -80,7 +100,7 @@ fn ground_truth_vec_of_four_i32_while_four_threads_allocate() {
         assert_eq!(stats.size_histogram.total(), 1);
         assert_eq!(stats.peak, 16);
         assert_eq!(stats.current, 0);
-    }
+    });
 }
 
 #[test]
