@@ -1,7 +1,10 @@
 //! `cargo xtask`: heapprobe's automation. One module per subcommand; this
 //! file only parses the command line and dispatches.
 
+mod fold;
+mod target;
 mod test;
+mod trace;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -16,13 +19,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Trace a test, binary or running process and write a byte-weighted
+    /// allocation flame graph (flamegraph.svg).
+    Trace(trace::Args),
     /// Run the whole test suite: every feature set, the end-to-end tracing
     /// tests included (installs perf and bpftrace first when root).
     Test(test::Args),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Trace(args) => trace::run(args),
         Command::Test(args) => test::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}`: the whole cause chain on one line, without a backtrace.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

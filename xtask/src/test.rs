@@ -34,7 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ];
     for (name, flags) in suites {
         eprintln!("\n==> cargo test, {name}");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| String::from("cargo")));
+        let mut cmd = Command::new(crate::util::cargo());
         cmd.current_dir(&root).arg("test").args(flags);
         if !args.test_args.is_empty() {
             cmd.arg("--").args(&args.test_args);

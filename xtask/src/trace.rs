@@ -1,0 +1,306 @@
+//! `cargo xtask trace`: from a test, a binary or a live PID to a
+//! byte-weighted `flamegraph.svg`.
+
+mod perf;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use heapprobe_sdt::{Binary, UprobeGroup};
+
+use crate::fold::{self, Folded};
+use crate::target::{self, TargetArgs};
+use crate::util::{self, Progress};
+
+/// The provider heapprobe's probes belong to.
+pub const PROVIDER: &str = "heapprobe";
+
+/// Options of `cargo xtask trace`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Attach to this running process (it must use heapprobe) instead of
+    /// building and running a target.
+    #[arg(long, value_name = "PID", conflicts_with = "target")]
+    pid: Option<u32>,
+    /// With --pid: stop recording after this many seconds (default: at Ctrl-C).
+    #[arg(long, value_name = "SECS", requires = "pid")]
+    duration: Option<f64>,
+    /// The probe to record: alloc, dealloc, realloc, alloc_locked (only
+    /// allocations inside measured scopes), ... (see `probes/heapprobe.d`).
+    #[arg(long, default_value = "alloc")]
+    event: String,
+    /// What each stack is weighted by.
+    #[arg(long, value_enum, default_value_t = Weight::Bytes)]
+    weight: Weight,
+    /// Where to write the flame graph; the folded stacks go next to it
+    /// (`flamegraph.folded`).
+    #[arg(short, long, default_value = "flamegraph.svg")]
+    output: PathBuf,
+    /// Keep the raw recording (perf.data) next to the output.
+    #[arg(long)]
+    keep: bool,
+    /// Echo the commands run.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// How a probe hit is weighted.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weight {
+    /// The probe's size argument (`size`, or `new_size` for realloc).
+    Bytes,
+    /// One per probe hit.
+    Count,
+    /// Bytes copied by reallocs that moved the block (realloc probes only).
+    Moved,
+}
+
+impl Weight {
+    fn count_name(self) -> &'static str {
+        match self {
+            Weight::Bytes => "bytes",
+            Weight::Count => "calls",
+            Weight::Moved => "bytes copied",
+        }
+    }
+
+    /// The weight of one hit of `probe` with arguments `args` (by name).
+    pub fn of(self, probe: &str, args: &dyn Fn(&str) -> Option<u64>) -> u64 {
+        match self {
+            Weight::Count => 1,
+            Weight::Bytes => args("size").or_else(|| args("new_size")).unwrap_or(0),
+            Weight::Moved => match (args("old_ptr"), args("new_ptr"), args("old_size"), args("new_size")) {
+                (Some(old), Some(new), Some(old_size), Some(new_size))
+                    if old != new && probe.starts_with("realloc") =>
+                {
+                    old_size.min(new_size)
+                }
+                _ => 0,
+            },
+        }
+    }
+}
+
+/// What a recording produced.
+pub struct Recording {
+    /// Folded stacks.
+    pub folded: Folded,
+    /// Events the kernel or the tool dropped.
+    pub lost: u64,
+    /// How the traced program ended, when known: "exited with status 0".
+    pub status: Option<String>,
+}
+
+/// The pid of the recording tool, for forwarding Ctrl-C (0 = none).
+pub static RECORDER_PID: AtomicU32 = AtomicU32::new(0);
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    check_event(&args)?;
+    util::check_tracing_privileges()?;
+    let perf = util::require_tool("PERF", "perf", "linux-perf")?;
+    let swept = heapprobe_sdt::sweep_stale_groups()?;
+    if !swept.is_empty() {
+        eprintln!("removed {} uprobes left by an earlier run that was killed", swept.len());
+    }
+    install_ctrlc_forwarding()?;
+    check_output_writable(&args.output)?;
+
+    let progress = Progress::new();
+    let (exe, run_args, label) = match args.pid {
+        Some(pid) => {
+            let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                bail!("no process with pid {pid}");
+            }
+            (exe, Vec::new(), format!("pid {pid}"))
+        }
+        None => {
+            if !args.target.is_set() {
+                bail!(
+                    "choose what to trace: --test NAME, --bin NAME, --example NAME, --bench NAME, --lib or --pid PID"
+                );
+            }
+            progress.step("building (profile `trace`: debuginfo and frame pointers)");
+            let built = target::build(&args.target, args.verbose)?;
+            (built.exe, built.args, built.label)
+        }
+    };
+
+    let binary = Binary::open(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
+    let mut group = UprobeGroup::new("trace")?;
+    let added = group.add_probes(&binary, PROVIDER, |name| name == args.event, arg_names)?;
+    if added == 0 {
+        if binary.valid_probes(Some(PROVIDER)).next().is_none() {
+            bail!(
+                "no heapprobe probes in {}: is `Heapprobe` the `#[global_allocator]` (with the default `probe` \
+                 or the `usdt` feature)?",
+                exe.display()
+            );
+        }
+        bail!(
+            "{} has heapprobe probes, but none named {:?} (this build may predate it, or the code that fires it \
+             was optimised out)",
+            exe.display(),
+            args.event
+        );
+    }
+    if args.verbose {
+        eprintln!("registered {added} uprobe(s) in group {}", group.name());
+    }
+
+    let work = work_dir(&args.output)?;
+    let data = work.join("perf.data");
+    progress.step(&format!("recording {label} ({} probe sites of heapprobe:{})", added, args.event));
+    let started = Instant::now();
+    let recorded = perf::record(
+        &perf,
+        &group,
+        &perf::Workload { exe: &exe, args: &run_args, pid: args.pid, duration: args.duration },
+        &data,
+        args.verbose,
+    );
+    // Kernel state is borrowed: the probes go as soon as recording ends.
+    let removed = group.remove();
+    let status = recorded?;
+    removed.context("could not remove the uprobes this run registered")?;
+    let elapsed = started.elapsed();
+
+    progress.step("folding stacks");
+    let recording = perf::fold(&perf, &data, args.weight, status, args.verbose)?;
+    if args.keep {
+        eprintln!("kept the raw recording: {}", data.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+
+    let folded_path = args.output.with_extension("folded");
+    recording.folded.write(&folded_path)?;
+    let weight = args.weight;
+    let totals = summary_line(&recording.folded, weight);
+    let title = format!("heapprobe: {label}, heapprobe:{} by {}", args.event, weight.count_name());
+    if recording.folded.total == 0 {
+        print_summary(&recording, weight, &args, &folded_path, None, elapsed);
+        bail!(
+            "recorded {} heapprobe:{} events but nothing to weigh by {}: no flame graph written",
+            recording.folded.events,
+            args.event,
+            weight.count_name()
+        );
+    }
+    recording.folded.render(&args.output, &title, &totals, weight.count_name())?;
+    print_summary(&recording, weight, &args, &folded_path, Some(&args.output), elapsed);
+    Ok(())
+}
+
+fn check_event(args: &Args) -> anyhow::Result<()> {
+    let Some((_, arg_list)) = heapprobe::probes::PROBES.iter().find(|(name, _)| *name == args.event) else {
+        let names = heapprobe::probes::PROBES.iter().map(|(n, _)| *n);
+        bail!("no heapprobe probe named {:?}{}", args.event, target::closest(&args.event, names));
+    };
+    match args.weight {
+        Weight::Bytes if !arg_list.iter().any(|a| *a == "size" || *a == "new_size") => {
+            bail!("heapprobe:{} has no size argument: use --weight count", args.event)
+        }
+        Weight::Moved if !args.event.starts_with("realloc") => {
+            bail!("--weight moved needs a realloc probe: add --event realloc (or realloc_locked)")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Fetch-arg names for a probe, from `probes/heapprobe.d` (via the library).
+pub fn arg_names(probe: &str) -> Vec<String> {
+    heapprobe::probes::PROBES
+        .iter()
+        .find(|(name, _)| *name == probe)
+        .map(|(_, args)| args.iter().map(|a| (*a).to_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn check_output_writable(output: &Path) -> anyhow::Result<()> {
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("cannot write {}: {} is not a directory", output.display(), dir.display());
+    }
+    let probe = dir.join(format!(".heapprobe-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| {
+        format!("cannot write {}: the directory {} is not writable", output.display(), dir.display())
+    })?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// A scratch directory for the raw recording, next to the output.
+fn work_dir(output: &Path) -> anyhow::Result<PathBuf> {
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let work = dir.join(format!(".heapprobe-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    Ok(work)
+}
+
+/// Ctrl-C stops the recording, not us: the recorder gets SIGINT (from the
+/// terminal, or forwarded here when only we were signalled), finishes, and
+/// we fold what it recorded and remove the probes.
+fn install_ctrlc_forwarding() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        let pid = RECORDER_PID.load(Ordering::SeqCst);
+        if pid != 0 {
+            // SAFETY: kill(2) with a pid we spawned and SIGINT has no memory effects.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        }
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
+fn summary_line(folded: &Folded, weight: Weight) -> String {
+    match weight {
+        Weight::Count => format!("{} calls", folded.total),
+        _ => format!("{} events, {} ({} bytes)", folded.events, fold::human_bytes(folded.total), folded.total),
+    }
+}
+
+fn print_summary(
+    recording: &Recording,
+    weight: Weight,
+    args: &Args,
+    folded_path: &Path,
+    svg: Option<&Path>,
+    elapsed: std::time::Duration,
+) {
+    let folded = &recording.folded;
+    println!();
+    println!("heapprobe:{}: {} in {:.1} s", args.event, summary_line(folded, weight), elapsed.as_secs_f64());
+    if let Some(status) = &recording.status {
+        println!("traced program: {status}");
+    }
+    println!("lost events: {}", recording.lost);
+    let unknown = folded.unknown_percent();
+    println!("unsymbolised frames: {unknown:.1}%");
+    if unknown > 10.0 {
+        println!(
+            "warning: more than 10% of frames are [unknown]: build with debuginfo and frame pointers \
+             (`cargo xtask trace` does this for workspace targets; for other binaries use \
+             RUSTFLAGS=\"-C force-frame-pointers=yes\" and `debug = true`)"
+        );
+    }
+    let top = folded.top(10);
+    if !top.is_empty() {
+        println!("\ntop {} stacks by {}:", top.len(), weight.count_name());
+        for (stack, w) in top {
+            let share = 100.0 * w as f64 / folded.total.max(1) as f64;
+            let amount = match weight {
+                Weight::Count => format!("{w}"),
+                _ => fold::human_bytes(w),
+            };
+            println!("  {amount:>10} {share:5.1}%  {}", fold::allocation_site(stack));
+        }
+    }
+    println!("\nfolded stacks: {}", folded_path.display());
+    if let Some(svg) = svg {
+        println!("flame graph:   {}", svg.display());
+    }
+}

@@ -1,0 +1,232 @@
+//! The perf backend: `perf record` on the uprobes we registered at correct
+//! file offsets (never `perf probe sdt_…`, which perf 6.1 misplaces in
+//! rust-lld binaries), frame-pointer call stacks, then `perf script`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context as _};
+use heapprobe_sdt::UprobeGroup;
+
+use super::{Recording, Weight, RECORDER_PID};
+use crate::fold::{Folded, UNKNOWN};
+use crate::util::display;
+
+/// What to record.
+pub struct Workload<'a> {
+    pub exe: &'a Path,
+    pub args: &'a [String],
+    /// Attach to this process instead of running `exe`.
+    pub pid: Option<u32>,
+    pub duration: Option<f64>,
+}
+
+/// Records every event of `group` with call stacks into `data`. Returns how
+/// the traced program ended, when perf tells.
+pub fn record(
+    perf: &str,
+    group: &UprobeGroup,
+    workload: &Workload<'_>,
+    data: &Path,
+    verbose: bool,
+) -> anyhow::Result<Option<String>> {
+    let mut cmd = Command::new(perf);
+    cmd.args(["record", "-q", "--call-graph", "fp", "-e", &format!("{}:*", group.name()), "-o"]).arg(data);
+    match workload.pid {
+        Some(pid) => {
+            cmd.args(["-p", &pid.to_string()]);
+            if let Some(secs) = workload.duration {
+                cmd.args(["--", "sleep", &secs.to_string()]);
+            }
+        }
+        None => {
+            cmd.arg("--").arg(workload.exe).args(workload.args);
+        }
+    }
+    if verbose {
+        eprintln!("$ {}", display(&cmd));
+    }
+    let mut child = cmd.stderr(Stdio::piped()).spawn().with_context(|| format!("failed to run {:?}", display(&cmd)))?;
+    RECORDER_PID.store(child.id(), Ordering::SeqCst);
+    let stderr = child.stderr.take().map(std::io::read_to_string).transpose().unwrap_or_default().unwrap_or_default();
+    let status = child.wait();
+    RECORDER_PID.store(0, Ordering::SeqCst);
+    let status = status.context("waiting for perf record")?;
+    let stderr = stderr.trim();
+    if !stderr.is_empty() {
+        eprintln!("{stderr}");
+    }
+    if !data.exists() {
+        bail!("{:?} exited with {status} and recorded nothing: {stderr}", display(&cmd));
+    }
+    // perf record exits with the workload's status; a signal shows in its
+    // stderr ("... terminated with signal N") or as our own interruption.
+    let how = if workload.pid.is_some() {
+        None
+    } else if let Some(code) = status.code() {
+        Some(if code == 0 { String::from("exited with status 0") } else { format!("exited with status {code}") })
+    } else {
+        Some(format!("perf record ended by {status}"))
+    };
+    Ok(how)
+}
+
+/// Reads the recording back with `perf script` and folds it.
+pub fn fold(
+    perf: &str,
+    data: &Path,
+    weight: Weight,
+    status: Option<String>,
+    verbose: bool,
+) -> anyhow::Result<Recording> {
+    let mut cmd = Command::new(perf);
+    cmd.args(["script", "--no-demangle", "--show-lost-events", "-F", "event,trace,ip,sym", "-i"]).arg(data);
+    if verbose {
+        eprintln!("$ {}", display(&cmd));
+    }
+    let out = cmd.output().with_context(|| format!("failed to run {:?}", display(&cmd)))?;
+    if !out.status.success() {
+        bail!("{:?} exited with {}: {}", display(&cmd), out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let (folded, lost) = parse_script(&String::from_utf8_lossy(&out.stdout), weight);
+    Ok(Recording { folded, lost, status })
+}
+
+/// Parses `perf script -F event,trace,ip,sym` output:
+///
+/// ```text
+/// heapprobe_1_trace0:alloc__0: (55d0c6e9f123) ptr=94367 size=32 align=8
+///         55d0c6e9f123 _ZN9heapprobe5alloc...
+///         55d0c6e9e000 [unknown]
+///
+/// ```
+///
+/// Returns the folded stacks and the number of lost events.
+pub fn parse_script(text: &str, weight: Weight) -> (Folded, u64) {
+    let mut folded = Folded::default();
+    let mut lost = 0;
+    let mut current: Option<(String, Vec<(String, u64)>)> = None;
+    let mut frames: Vec<String> = Vec::new();
+    let mut finish = |current: &mut Option<(String, Vec<(String, u64)>)>, frames: &mut Vec<String>| {
+        if let Some((probe, args)) = current.take() {
+            let get = |name: &str| args.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+            folded.add(frames, weight.of(&probe, &get));
+        }
+        frames.clear();
+    };
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            finish(&mut current, &mut frames);
+            continue;
+        }
+        if line.starts_with(char::is_whitespace) {
+            if current.is_some() {
+                frames.push(frame_name(line.trim()));
+            }
+            continue;
+        }
+        if let Some(n) = lost_count(line) {
+            lost += n;
+            continue;
+        }
+        finish(&mut current, &mut frames);
+        // GROUP:EVENT: (addr) name=value ...
+        let mut words = line.split_whitespace();
+        let Some(event) = words.next().and_then(|e| e.strip_suffix(':')) else { continue };
+        let Some((_, probe)) = event.split_once(':') else { continue };
+        let probe = probe.rsplit_once("__").map_or(probe, |(name, _)| name).to_owned();
+        let args = words
+            .filter_map(|w| w.split_once('='))
+            .filter_map(|(name, value)| parse_number(value).map(|v| (name.to_owned(), v)))
+            .collect();
+        current = Some((probe, args));
+    }
+    finish(&mut current, &mut frames);
+    (folded, lost)
+}
+
+/// `PERF_RECORD_LOST` lines (with `--show-lost-events`) carry a count.
+fn lost_count(line: &str) -> Option<u64> {
+    if !line.contains("PERF_RECORD_LOST") {
+        return None;
+    }
+    let after = line.split("lost").last()?;
+    after.split(|c: char| !c.is_ascii_digit()).find(|s| !s.is_empty())?.parse().ok()
+}
+
+fn parse_number(value: &str) -> Option<u64> {
+    match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => value.parse().ok(),
+    }
+}
+
+/// `55d0c6e9f123 symbol+0x12 (dso)` → demangled `symbol`, or [`UNKNOWN`].
+fn frame_name(line: &str) -> String {
+    let rest = line.split_once(char::is_whitespace).map_or("", |(_, rest)| rest.trim());
+    let rest = match rest.rfind(" (") {
+        Some(i) if rest.ends_with(')') => &rest[..i],
+        _ => rest,
+    };
+    let symbol = rest.rsplit_once("+0x").map_or(rest, |(s, _)| s).trim();
+    if symbol.is_empty() || symbol == UNKNOWN {
+        return String::from(UNKNOWN);
+    }
+    demangle(symbol)
+}
+
+/// A Rust symbol without its hash (`{:#}`), or the symbol unchanged.
+pub fn demangle(symbol: &str) -> String {
+    match rustc_demangle::try_demangle(symbol) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => symbol.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCRIPT: &str = "\
+heapprobe_9_trace0:alloc__0: (5581e4a0f0c7) ptr=94046 size=4096 align=64
+\t    5581e4a0f0c7 _ZN9heapprobe5alloc18Heapprobe$LT$A$GT$9allocated17h0123456789abcdefE
+\t    5581e4a0e000 _ZN8it_works13known_pattern17h0123456789abcdefE
+\t    7f0000000000 [unknown]
+
+heapprobe_9_trace0:alloc__1: (5581e4a0f0c7) ptr=94046 size=32 align=8
+\t    5581e4a0e000 _ZN8it_works13known_pattern17h0123456789abcdefE
+
+heapprobe_9_trace0:alloc__1: (5581e4a0f0c7) ptr=94046 size=32 align=8
+\t    5581e4a0e000 _ZN8it_works13known_pattern17h0123456789abcdefE
+";
+
+    #[test]
+    fn perf_script_output_folds_by_bytes_and_by_count() {
+        let (folded, lost) = parse_script(SCRIPT, Weight::Bytes);
+        assert_eq!(lost, 0);
+        assert_eq!(
+            folded.lines(),
+            [
+                "[unknown];it_works::known_pattern;heapprobe::alloc::Heapprobe<A>::allocated 4096",
+                "it_works::known_pattern 64"
+            ]
+        );
+        assert_eq!((folded.events, folded.total, folded.unknown_frames), (3, 4160, 1));
+        let (by_count, _) = parse_script(SCRIPT, Weight::Count);
+        assert_eq!(by_count.total, 3);
+    }
+
+    #[test]
+    fn moved_weight_counts_only_reallocs_that_moved() {
+        let script = "\
+g:realloc__0: (1) old_ptr=16 new_ptr=32 old_size=100 new_size=200 align=8
+\t    1 f
+
+g:realloc__0: (1) old_ptr=16 new_ptr=16 old_size=200 new_size=400 align=8
+\t    1 f
+";
+        let (folded, _) = parse_script(script, Weight::Moved);
+        assert_eq!((folded.events, folded.total), (2, 100));
+    }
+}
