@@ -37,7 +37,13 @@ pub fn tracing_available(test: &str, tools: &[&str]) -> bool {
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // This module is also compiled into xtask's tests (`#[path]`), whose
+    // manifest directory is `xtask/`.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match manifest.file_name() {
+        Some(name) if name == "xtask" => manifest.parent().expect("xtask/ has a parent").to_path_buf(),
+        _ => manifest,
+    }
 }
 
 /// Which linker built a fixture.

@@ -40,12 +40,26 @@ pub struct Args {
     /// (`flamegraph.folded`).
     #[arg(short, long, default_value = "flamegraph.svg")]
     output: PathBuf,
+    /// How perf unwinds stacks: `fp` (frame pointers; small and fast, what
+    /// traced builds have) or `dwarf` (for binaries built without frame
+    /// pointers; copies 8 KiB of stack per event).
+    #[arg(long, value_enum, default_value_t = CallGraph::Fp)]
+    call_graph: CallGraph,
     /// Keep the raw recording (perf.data) next to the output.
     #[arg(long)]
     keep: bool,
     /// Echo the commands run.
     #[arg(short, long)]
     verbose: bool,
+}
+
+/// perf's stack unwinding method.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallGraph {
+    /// Frame pointers.
+    Fp,
+    /// DWARF CFI over a copy of the user stack.
+    Dwarf,
 }
 
 /// How a probe hit is weighted.
@@ -91,8 +105,37 @@ pub struct Recording {
     pub folded: Folded,
     /// Events the kernel or the tool dropped.
     pub lost: u64,
-    /// How the traced program ended, when known: "exited with status 0".
-    pub status: Option<String>,
+    /// How the traced program ended (`None` when attached by pid).
+    pub status: Option<Ended>,
+}
+
+/// How a traced program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Signalled(i32),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Ended::Exited(code) => write!(f, "exited with status {code}"),
+            Ended::Signalled(signal) => {
+                // SAFETY: strsignal returns a pointer to a static (or
+                // thread-local) NUL-terminated string, or null.
+                let name = unsafe { libc::strsignal(signal) };
+                let name = if name.is_null() {
+                    String::from("unknown signal")
+                } else {
+                    // SAFETY: non-null, NUL-terminated, read right away.
+                    unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()
+                };
+                write!(f, "killed by signal {signal} ({name})")
+            }
+        }
+    }
 }
 
 /// The pid of the recording tool, for forwarding Ctrl-C (0 = none).
@@ -159,7 +202,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let recorded = perf::record(
         &perf,
         &group,
-        &perf::Workload { exe: &exe, args: &run_args, pid: args.pid, duration: args.duration },
+        &perf::Workload {
+            exe: &exe,
+            args: &run_args,
+            pid: args.pid,
+            duration: args.duration,
+            call_graph: args.call_graph,
+        },
         &data,
         args.verbose,
     );
@@ -193,7 +242,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     recording.folded.render(&args.output, &title, &totals, weight.count_name())?;
     print_summary(&recording, weight, &args, &folded_path, Some(&args.output), elapsed);
-    Ok(())
+    match recording.status {
+        Some(ended) if ended != Ended::Exited(0) => bail!(
+            "the traced program ended badly ({ended}); the profile of what it allocated until then is in {}",
+            args.output.display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn check_event(args: &Args) -> anyhow::Result<()> {
@@ -274,8 +329,13 @@ fn print_summary(
     let folded = &recording.folded;
     println!();
     println!("heapprobe:{}: {} in {:.1} s", args.event, summary_line(folded, weight), elapsed.as_secs_f64());
-    if let Some(status) = &recording.status {
-        println!("traced program: {status}");
+    match (&recording.status, args.pid) {
+        (Some(status), _) => println!("traced program: {status}"),
+        (None, Some(pid)) if !Path::new(&format!("/proc/{pid}")).exists() => {
+            println!("traced process {pid}: exited during the trace (the profile up to its exit is kept)")
+        }
+        (None, Some(pid)) => println!("traced process {pid}: still running"),
+        (None, None) => {}
     }
     println!("lost events: {}", recording.lost);
     let unknown = folded.unknown_percent();
@@ -285,6 +345,14 @@ fn print_summary(
             "warning: more than 10% of frames are [unknown]: build with debuginfo and frame pointers \
              (`cargo xtask trace` does this for workspace targets; for other binaries use \
              RUSTFLAGS=\"-C force-frame-pointers=yes\" and `debug = true`)"
+        );
+    }
+    if folded.events > 0 && folded.frames < 4 * folded.events {
+        println!(
+            "warning: stacks average {:.1} frames: the program was probably built without frame pointers \
+             (build it with RUSTFLAGS=\"-C force-frame-pointers=yes\"; `cargo xtask trace` does for \
+             workspace targets)",
+            folded.frames as f64 / folded.events as f64
         );
     }
     let top = folded.top(10);

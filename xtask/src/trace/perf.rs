@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{bail, Context as _};
 use heapprobe_sdt::UprobeGroup;
 
-use super::{Recording, Weight, RECORDER_PID};
+use super::{CallGraph, Recording, Weight, RECORDER_PID};
 use crate::fold::{Folded, UNKNOWN};
 use crate::util::display;
 
@@ -20,19 +20,24 @@ pub struct Workload<'a> {
     /// Attach to this process instead of running `exe`.
     pub pid: Option<u32>,
     pub duration: Option<f64>,
+    pub call_graph: CallGraph,
 }
 
 /// Records every event of `group` with call stacks into `data`. Returns how
-/// the traced program ended, when perf tells.
+/// the traced program ended (`None` when attached to a running process).
 pub fn record(
     perf: &str,
     group: &UprobeGroup,
     workload: &Workload<'_>,
     data: &Path,
     verbose: bool,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Option<super::Ended>> {
     let mut cmd = Command::new(perf);
-    cmd.args(["record", "-q", "--call-graph", "fp", "-e", &format!("{}:*", group.name()), "-o"]).arg(data);
+    let call_graph = match workload.call_graph {
+        CallGraph::Fp => "fp",
+        CallGraph::Dwarf => "dwarf",
+    };
+    cmd.args(["record", "-q", "--call-graph", call_graph, "-e", &format!("{}:*", group.name()), "-o"]).arg(data);
     match workload.pid {
         Some(pid) => {
             cmd.args(["-p", &pid.to_string()]);
@@ -60,14 +65,15 @@ pub fn record(
     if !data.exists() {
         bail!("{:?} exited with {status} and recorded nothing: {stderr}", display(&cmd));
     }
-    // perf record exits with the workload's status; a signal shows in its
-    // stderr ("... terminated with signal N") or as our own interruption.
+    // perf record exits with the workload's status, and re-raises the
+    // signal that killed it.
     let how = if workload.pid.is_some() {
         None
     } else if let Some(code) = status.code() {
-        Some(if code == 0 { String::from("exited with status 0") } else { format!("exited with status {code}") })
+        Some(super::Ended::Exited(code))
     } else {
-        Some(format!("perf record ended by {status}"))
+        use std::os::unix::process::ExitStatusExt as _;
+        Some(super::Ended::Signalled(status.signal().unwrap_or(0)))
     };
     Ok(how)
 }
@@ -77,7 +83,7 @@ pub fn fold(
     perf: &str,
     data: &Path,
     weight: Weight,
-    status: Option<String>,
+    status: Option<super::Ended>,
     verbose: bool,
 ) -> anyhow::Result<Recording> {
     let mut cmd = Command::new(perf);

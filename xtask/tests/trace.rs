@@ -1,0 +1,302 @@
+//! `cargo xtask trace` end to end, for real: root, perf, the kernel's
+//! uprobes. With `CI=true` a missing tool fails; elsewhere these tests skip
+//! with one loud line. They share kernel state, so they take turns.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use support::{assert_no_heapprobe_uprobes, root, tracing_available, TempDir};
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+fn xtask() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = xtask().args(args).output().expect("failed to run the xtask binary");
+    eprintln!(
+        "$ cargo xtask {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Folded file → (frame-containing predicate) → summed weight.
+fn folded(path: &Path) -> HashMap<String, u64> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let (stack, weight) = line.rsplit_once(' ').expect("`stack weight`");
+            (stack.to_owned(), weight.parse().expect("numeric weight"))
+        })
+        .collect()
+}
+
+fn weight_through(stacks: &HashMap<String, u64>, frame: &str) -> u64 {
+    stacks.iter().filter(|(s, _)| s.split(';').any(|f| f == frame)).map(|(_, w)| w).sum()
+}
+
+fn available(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    tracing_available(test, &["perf"]).then_some(guard)
+}
+
+/// The README's main command, with exact byte totals for the frames the
+/// `it_works` test allocates through.
+#[test]
+fn trace_it_works_writes_an_exact_byte_weighted_flamegraph() {
+    let Some(_kernel) = available("trace_it_works_writes_an_exact_byte_weighted_flamegraph") else { return };
+    let tmp = TempDir::new("xtask-trace-it-works");
+    let svg = tmp.path().join("flamegraph.svg");
+    let out = run(&["trace", "--test", "it_works", "-o", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "trace failed");
+    let stacks = folded(&svg.with_extension("folded"));
+    // 100 pages of 4096 bytes and the Vec of 100 pointers.
+    assert_eq!(weight_through(&stacks, "it_works::build_inventory"), 100 * 4096 + 100 * 8);
+    // A Vec of 50 Strings (24 bytes each) and 50 lines of 64 bytes.
+    assert_eq!(weight_through(&stacks, "it_works::render_report"), 50 * 24 + 50 * 64);
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.contains("it_works::build_inventory"), "the SVG names the frame");
+    assert!(svg_text.contains("heapprobe: test it_works, heapprobe:alloc by bytes"), "title");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("lost events: 0"), "summary reports lost events");
+    assert!(stdout.contains("it_works::build_inventory <- "), "top stacks name the allocation site");
+    assert!(stdout.contains("traced program: exited with status 0"));
+    assert_no_heapprobe_uprobes();
+}
+
+/// `--test NAME` naming a test function, `--event alloc_locked` (only
+/// allocations inside measured scopes) and `--weight count`: exactly the
+/// 101 + 50 allocations the two scopes of `it_works` make.
+#[test]
+fn a_test_function_filter_with_scoped_allocations_counted() {
+    let Some(_kernel) = available("a_test_function_filter_with_scoped_allocations_counted") else { return };
+    let tmp = TempDir::new("xtask-trace-locked");
+    let svg = tmp.path().join("locked.svg");
+    // `it_works` is both a target and a function name; the scope test's
+    // function is only a function.
+    let out = run(&[
+        "trace",
+        "--test",
+        "it_works",
+        "--event",
+        "alloc_locked",
+        "--weight",
+        "count",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let stacks = folded(&svg.with_extension("folded"));
+    assert_eq!(stacks.values().sum::<u64>(), 101 + 51);
+    assert_eq!(weight_through(&stacks, "it_works::build_inventory"), 101);
+    assert_eq!(weight_through(&stacks, "it_works::render_report"), 51);
+
+    let out = run(&[
+        "trace",
+        "--test",
+        "empty_scope_counts_nothing_and_positive_control_counts_one",
+        "--event",
+        "alloc_locked",
+        "--weight",
+        "count",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    // The positive control's one allocation, and nothing from other tests of
+    // the same binary (which were filtered out, exactly).
+    assert_eq!(folded(&svg.with_extension("folded")).values().sum::<u64>(), 1);
+    assert_no_heapprobe_uprobes();
+}
+
+#[test]
+fn bad_input_fails_clearly_and_leaves_nothing_behind() {
+    let Some(_kernel) = available("bad_input_fails_clearly_and_leaves_nothing_behind") else { return };
+    let tmp = TempDir::new("xtask-trace-bad");
+    let svg = tmp.path().join("fg.svg");
+    let o = svg.to_str().unwrap();
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["trace", "--test", "it_work", "-o", o],
+            "no test target and no test function named \"it_work\"; closest: `it_works`",
+        ),
+        (&["trace", "--bin", "xtask", "-o", o], "no heapprobe probes in"),
+        (&["trace", "--example", "nope", "-o", o], "no example target named \"nope\""),
+        (&["trace", "--test", "it_works", "-o", "/nonexistent/fg.svg"], "/nonexistent is not a directory"),
+        (&["trace", "--pid", "999999999", "-o", o], "no process with pid 999999999"),
+        (&["trace", "--test", "it_works", "--event", "alocc", "-o", o], "no heapprobe probe named \"alocc\""),
+        (&["trace", "--test", "it_works", "--event", "scope_begin", "-o", o], "use --weight count"),
+    ];
+    for (args, expected) in cases {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: stderr lacks {expected:?}");
+        assert!(!svg.exists() && !svg.with_extension("folded").exists(), "{args:?} wrote output");
+        assert_no_heapprobe_uprobes();
+    }
+    // A directory we cannot write to (as root, a read-only bind is the
+    // reliable way; a path under /proc is never writable).
+    let out = run(&["trace", "--test", "it_works", "-o", "/proc/heapprobe.svg"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not writable"));
+}
+
+/// A target that crashes: non-zero exit, a clear status, the profile up to
+/// the crash kept, no probes left.
+#[test]
+fn a_crashing_target_keeps_its_profile_and_fails() {
+    let Some(_kernel) = available("a_crashing_target_keeps_its_profile_and_fails") else { return };
+    let tmp = TempDir::new("xtask-trace-crash");
+    let svg = tmp.path().join("crash.svg");
+    let out = run(&["trace", "--bin", "heapprobe-fixture", "-o", svg.to_str().unwrap(), "--", "--crash"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("killed by signal 11"), "names the signal");
+    assert!(svg.exists());
+    // `known_pattern` ran once before the crash: 1000 × 4096 bytes.
+    assert_eq!(weight_through(&folded(&svg.with_extension("folded")), "heapprobe_fixture::known_pattern"), 4_096_000);
+    assert_no_heapprobe_uprobes();
+}
+
+/// A fixture service looping `known_pattern` (1000 × 4096 bytes every 20 ms).
+struct Service(std::process::Child);
+
+impl Service {
+    fn start() -> Self {
+        // Built by the crash test's `--bin heapprobe-fixture` or here, with
+        // the trace profile (frame pointers), through the xtask itself.
+        let exe = fixture_with_frame_pointers();
+        let mut child = Command::new(exe)
+            .arg("--loop")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("failed to start the fixture service");
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self(child)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fixture_with_frame_pointers() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--profile", "trace"])
+        .env("RUSTFLAGS", "-C force-frame-pointers=yes")
+        .current_dir(root())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    root().join("target/trace/heapprobe-fixture")
+}
+
+#[test]
+fn pid_with_duration_records_a_running_service() {
+    let Some(_kernel) = available("pid_with_duration_records_a_running_service") else { return };
+    let service = Service::start();
+    let tmp = TempDir::new("xtask-trace-pid");
+    let svg = tmp.path().join("pid.svg");
+    let pid = service.0.id().to_string();
+    let out = run(&["trace", "--pid", &pid, "--duration", "1", "--weight", "count", "-o", svg.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stacks = folded(&svg.with_extension("folded"));
+    let calls = weight_through(&stacks, "heapprobe_fixture::known_pattern");
+    assert!(calls >= 1000, "about 50 rounds of 1000 allocations in a second, got {calls}");
+    assert_eq!(stacks.values().sum::<u64>(), calls, "the loop allocates nowhere else");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("traced process {pid}: still running")));
+    assert_no_heapprobe_uprobes();
+}
+
+/// Ctrl-C (SIGINT to the xtask alone) ends the recording; the profile is
+/// folded and rendered, and no uprobe stays registered.
+#[test]
+fn sigint_ends_the_recording_and_removes_the_probes() {
+    let Some(_kernel) = available("sigint_ends_the_recording_and_removes_the_probes") else { return };
+    let service = Service::start();
+    let tmp = TempDir::new("xtask-trace-sigint");
+    let svg = tmp.path().join("int.svg");
+    let mut trace = xtask()
+        .args(["trace", "--pid", &service.0.id().to_string(), "-o", svg.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(trace.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("recording") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "the trace ended before recording");
+    }
+    // Let perf attach and record some rounds.
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(trace.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = trace.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the trace did not end after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rest = std::io::read_to_string(stderr).unwrap_or_default();
+    assert!(status.success(), "trace after SIGINT: {status}: {rest}");
+    let bytes = weight_through(&folded(&svg.with_extension("folded")), "heapprobe_fixture::known_pattern");
+    assert!(bytes > 0 && bytes.is_multiple_of(4096), "{bytes}");
+    assert_no_heapprobe_uprobes();
+}
+
+/// A killed run's group (its pid is gone) is swept at start; a group that is
+/// not ours is never touched.
+#[test]
+fn stale_groups_are_swept_and_foreign_probes_kept() {
+    let Some(_kernel) = available("stale_groups_are_swept_and_foreign_probes_kept") else { return };
+    let exe = fixture_with_frame_pointers();
+    let binary = heapprobe_sdt::Binary::open(&exe).unwrap();
+    let offset = binary
+        .valid_probes(Some("heapprobe"))
+        .find_map(|p| match p.site {
+            heapprobe_sdt::Site::Valid { offset, .. } => Some(offset),
+            _ => None,
+        })
+        .unwrap();
+    let tracefs = heapprobe_sdt::tracefs().unwrap();
+    let events = tracefs.join("uprobe_events");
+    // pid_max is at most 2^22, so this pid cannot be alive.
+    let stale = format!("p:heapprobe_4194399_trace0/alloc__0 {}:{offset:#x}\n", exe.display());
+    let foreign = format!("p:notheapprobe_test/alloc {}:{offset:#x}\n", exe.display());
+    for line in [&stale, &foreign] {
+        std::fs::OpenOptions::new().append(true).open(&events).unwrap().write_all(line.as_bytes()).unwrap();
+    }
+    let tmp = TempDir::new("xtask-trace-sweep");
+    let svg = tmp.path().join("sweep.svg");
+    let out = run(&["trace", "--bin", "heapprobe-fixture", "-o", svg.to_str().unwrap()]);
+    let listed = std::fs::read_to_string(&events).unwrap();
+    // Clean up the foreign probe before asserting anything.
+    std::fs::OpenOptions::new().append(true).open(&events).unwrap().write_all(b"-:notheapprobe_test/alloc\n").unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed 1 uprobes left by an earlier run"));
+    assert!(listed.contains("notheapprobe_test/alloc"), "a foreign probe was removed: {listed}");
+    assert!(!listed.contains("heapprobe_4194399_"), "the stale group survived: {listed}");
+    assert_no_heapprobe_uprobes();
+}
