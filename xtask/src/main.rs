@@ -2,6 +2,7 @@
 //! file only parses the command line and dispatches.
 
 mod fold;
+mod probes;
 mod target;
 mod test;
 mod trace;
@@ -22,6 +23,9 @@ enum Command {
     /// Trace a test, binary or running process and write a byte-weighted
     /// allocation flame graph (flamegraph.svg).
     Trace(trace::Args),
+    /// List the SDT probes of a binary, a target or a running process
+    /// (provider, name, address, file offset, semaphore, arguments).
+    Probes(probes::Args),
     /// Run the whole test suite: every feature set, the end-to-end tracing
     /// tests included (installs perf and bpftrace first when root).
     Test(test::Args),
@@ -30,6 +34,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Trace(args) => trace::run(args),
+        Command::Probes(args) => probes::run(args),
         Command::Test(args) => test::run(args),
     };
     match result {

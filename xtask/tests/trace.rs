@@ -300,3 +300,28 @@ fn stale_groups_are_swept_and_foreign_probes_kept() {
     assert!(!listed.contains("heapprobe_4194399_"), "the stale group survived: {listed}");
     assert_no_heapprobe_uprobes();
 }
+
+/// `cargo xtask probes PATH` lists every probe of the definition with its
+/// argument names and file offset, and explains the rust-lld layout; a
+/// binary without probes is an error. Needs no privileges.
+#[test]
+fn probes_lists_the_sites_of_a_binary() {
+    let exe = fixture_with_frame_pointers();
+    let out = run(&["probes", exe.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (name, args) in heapprobe::probes::PROBES {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}"));
+        for arg in *args {
+            assert!(row.contains(&format!("{arg}=")), "{row}: no {arg}");
+        }
+    }
+    assert!(stdout.contains("would misplace these probes"), "the rust-lld layout note");
+
+    let out = run(&["probes", env!("CARGO_BIN_EXE_xtask")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no heapprobe probes in"));
+}

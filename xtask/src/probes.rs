@@ -1,0 +1,97 @@
+//! `cargo xtask probes`: the SDT probes of a binary, read from its ELF notes
+//! in Rust (like bcc's `tplist`), with the file offsets heapprobe registers.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use heapprobe_sdt::{Binary, Site};
+
+use crate::target::{self, TargetArgs};
+
+/// Options of `cargo xtask probes`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// A binary to read (instead of building a target).
+    #[arg(value_name = "PATH", conflicts_with_all = ["test", "bin", "example", "bench", "lib", "pid"])]
+    path: Option<PathBuf>,
+    /// The executable of a running process.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// List every provider's probes, not only heapprobe's.
+    #[arg(long)]
+    all: bool,
+    /// Echo the commands run.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let exe = if let Some(path) = args.path {
+        path
+    } else if let Some(pid) = args.pid {
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        if !exe.exists() {
+            bail!("no process with pid {pid} (or no permission to read its executable)");
+        }
+        exe
+    } else if args.target.is_set() {
+        target::build(&args.target, args.verbose)?.exe
+    } else {
+        bail!("which binary? give a PATH, --pid PID, or a target (--test, --bin, --example, --bench, --lib)");
+    };
+    let binary = Binary::open(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
+    let provider = (!args.all).then_some(crate::trace::PROVIDER);
+    let probes: Vec<_> = binary.probes.iter().filter(|p| provider.is_none_or(|want| p.provider == want)).collect();
+    println!("{}", exe.display());
+    if probes.is_empty() {
+        bail!(
+            "no {}probes in {}: is `Heapprobe` the `#[global_allocator]`?",
+            provider.map(|p| format!("{p} ")).unwrap_or_default(),
+            exe.display()
+        );
+    }
+    println!(
+        "{:<10} {:<15} {:>12} {:>12} {:>12}  arguments",
+        "provider", "name", "address", "file offset", "semaphore"
+    );
+    for probe in &probes {
+        let (offset, note) = match &probe.site {
+            Site::Valid { offset, .. } => (format!("{offset:#x}"), String::new()),
+            Site::Bogus(why) => (String::from("-"), format!("  [bogus, skipped: {why}]")),
+        };
+        let semaphore = probe.semaphore.map_or_else(|| String::from("-"), |s| format!("{s:#x}"));
+        let names =
+            if probe.provider == crate::trace::PROVIDER { crate::trace::arg_names(&probe.name) } else { Vec::new() };
+        let arguments: Vec<String> = probe
+            .arguments
+            .split_whitespace()
+            .enumerate()
+            .map(|(i, a)| names.get(i).map_or_else(|| a.to_owned(), |n| format!("{n}={a}")))
+            .collect();
+        println!(
+            "{:<10} {:<15} {:>12} {:>12} {:>12}  {}{note}",
+            probe.provider,
+            probe.name,
+            format!("{:#x}", probe.address),
+            offset,
+            semaphore,
+            arguments.join(" ")
+        );
+    }
+    let bogus = probes.iter().filter(|p| matches!(p.site, Site::Bogus(_))).count();
+    println!(
+        "\n{} probe sites, {} valid, {bogus} bogus (notes left by code the linker discarded; never registered)",
+        probes.len(),
+        probes.len() - bogus
+    );
+    if binary.code_offset_differs() {
+        println!(
+            "note: code is mapped at a virtual address that differs from its file offset (rust-lld's layout): \
+             `perf probe sdt_heapprobe:*` from perf 6.1 would misplace these probes; `cargo xtask trace` places \
+             them at the file offsets above"
+        );
+    }
+    Ok(())
+}
