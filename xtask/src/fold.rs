@@ -25,6 +25,8 @@ pub struct Folded {
     pub frames: u64,
     /// See `frames`.
     pub unknown_frames: u64,
+    /// Stacks added (events, or distinct stacks when aggregated elsewhere).
+    pub stacks_added: u64,
 }
 
 impl Folded {
@@ -32,6 +34,7 @@ impl Folded {
     /// A zero weight counts the event but adds no stack.
     pub fn add(&mut self, frames_leaf_first: &[String], weight: u64) {
         self.events += 1;
+        self.stacks_added += 1;
         self.frames += frames_leaf_first.len() as u64;
         self.unknown_frames += frames_leaf_first.iter().filter(|f| f.as_str() == UNKNOWN).count() as u64;
         if weight == 0 {
@@ -51,6 +54,14 @@ impl Folded {
             key.push_str(UNKNOWN);
         }
         *self.stacks.entry(key).or_default() += weight;
+    }
+
+    /// Adds a stack already aggregated elsewhere (in the kernel, by
+    /// bpftrace): its total weight, without counting events (the caller sets
+    /// [`events`](Self::events)).
+    pub fn add_aggregate(&mut self, frames_leaf_first: &[String], weight: u64) {
+        self.add(frames_leaf_first, weight);
+        self.events -= 1;
     }
 
     /// The folded lines, sorted by stack (inferno's expected order).

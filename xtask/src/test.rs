@@ -48,7 +48,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Makes sure perf, bpftrace, GNU ld and tracefs are there, installing the
 /// packages with apt-get when we are root on a Debian-like system.
 fn prepare_tracing(no_install: bool) -> anyhow::Result<()> {
-    let missing: Vec<&str> = TOOLS.iter().filter(|(tool, _)| !has_tool(tool)).map(|(_, package)| *package).collect();
+    let mut missing: Vec<&str> =
+        TOOLS.iter().filter(|(tool, _)| !has_tool(tool)).map(|(_, package)| *package).collect();
+    // libc's full symbol table (for `start_thread` and friends in stacks) is
+    // in its detached debug file; the trace tests expect no [unknown] frame.
+    let dpkg_says = Command::new("dpkg").args(["-s", "libc6-dbg"]).output();
+    if dpkg_says.is_ok_and(|o| !o.status.success()) {
+        missing.push("libc6-dbg");
+    }
     if !missing.is_empty() {
         let install = format!("apt-get update && apt-get install -y {}", missing.join(" "));
         let can_install = !no_install && is_root() && Path::new("/usr/bin/apt-get").exists();

@@ -1,7 +1,9 @@
 //! `cargo xtask trace`: from a test, a binary or a live PID to a
 //! byte-weighted `flamegraph.svg`.
 
+mod bpftrace;
 mod perf;
+mod symbols;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -40,6 +42,10 @@ pub struct Args {
     /// (`flamegraph.folded`).
     #[arg(short, long, default_value = "flamegraph.svg")]
     output: PathBuf,
+    /// The recorder: `perf` (events streamed to user space, then folded) or
+    /// `bpftrace` (stacks and sums aggregated in the kernel).
+    #[arg(long, value_enum, default_value_t = Backend::Perf)]
+    backend: Backend,
     /// How perf unwinds stacks: `fp` (frame pointers; small and fast, what
     /// traced builds have) or `dwarf` (for binaries built without frame
     /// pointers; copies 8 KiB of stack per event).
@@ -51,6 +57,15 @@ pub struct Args {
     /// Echo the commands run.
     #[arg(short, long)]
     verbose: bool,
+}
+
+/// Which tool records.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `perf record` on uprobes registered at correct file offsets.
+    Perf,
+    /// bpftrace `usdt:` probes with in-kernel aggregation.
+    Bpftrace,
 }
 
 /// perf's stack unwinding method.
@@ -116,6 +131,9 @@ pub enum Ended {
     Exited(i32),
     /// A signal killed it.
     Signalled(i32),
+    /// It ended without calling `_exit` (bpftrace cannot tell more: a crash
+    /// or a kill).
+    Vanished,
 }
 
 impl std::fmt::Display for Ended {
@@ -134,6 +152,7 @@ impl std::fmt::Display for Ended {
                 };
                 write!(f, "killed by signal {signal} ({name})")
             }
+            Ended::Vanished => write!(f, "ended without calling _exit (crashed or killed)"),
         }
     }
 }
@@ -144,7 +163,10 @@ pub static RECORDER_PID: AtomicU32 = AtomicU32::new(0);
 pub fn run(args: Args) -> anyhow::Result<()> {
     check_event(&args)?;
     util::check_tracing_privileges()?;
-    let perf = util::require_tool("PERF", "perf", "linux-perf")?;
+    let tool = match args.backend {
+        Backend::Perf => util::require_tool("PERF", "perf", "linux-perf")?,
+        Backend::Bpftrace => util::require_tool("BPFTRACE", "bpftrace", "bpftrace")?,
+    };
     let swept = heapprobe_sdt::sweep_stale_groups()?;
     if !swept.is_empty() {
         eprintln!("removed {} uprobes left by an earlier run that was killed", swept.len());
@@ -174,9 +196,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let binary = Binary::open(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
-    let mut group = UprobeGroup::new("trace")?;
-    let added = group.add_probes(&binary, PROVIDER, |name| name == args.event, arg_names)?;
-    if added == 0 {
+    let sites = binary.valid_probes(Some(PROVIDER)).filter(|p| p.name == args.event).count();
+    if sites == 0 {
         if binary.valid_probes(Some(PROVIDER)).next().is_none() {
             bail!(
                 "no heapprobe probes in {}: is `Heapprobe` the `#[global_allocator]` (with the default `probe` \
@@ -191,39 +212,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.event
         );
     }
-    if args.verbose {
-        eprintln!("registered {added} uprobe(s) in group {}", group.name());
-    }
-
-    let work = work_dir(&args.output)?;
-    let data = work.join("perf.data");
-    progress.step(&format!("recording {label} ({} probe sites of heapprobe:{})", added, args.event));
+    progress.step(&format!("recording {label} ({sites} probe sites of heapprobe:{}, {:?})", args.event, args.backend));
     let started = Instant::now();
-    let recorded = perf::record(
-        &perf,
-        &group,
-        &perf::Workload {
-            exe: &exe,
-            args: &run_args,
-            pid: args.pid,
-            duration: args.duration,
-            call_graph: args.call_graph,
-        },
-        &data,
-        args.verbose,
-    );
-    // Kernel state is borrowed: the probes go as soon as recording ends.
-    let removed = group.remove();
-    let status = recorded?;
-    removed.context("could not remove the uprobes this run registered")?;
+    let (recording, work) = match args.backend {
+        Backend::Perf => record_with_perf(&args, &tool, &binary, &exe, &run_args, &progress)?,
+        Backend::Bpftrace => {
+            let workload = bpftrace::Workload { exe: &exe, args: &run_args, pid: args.pid, duration: args.duration };
+            (bpftrace::record(&tool, &binary, &args.event, args.weight, &workload, args.verbose)?, None)
+        }
+    };
     let elapsed = started.elapsed();
-
-    progress.step("folding stacks");
-    let recording = perf::fold(&perf, &data, args.weight, status, args.verbose)?;
-    if args.keep {
-        eprintln!("kept the raw recording: {}", data.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&work);
+    if let Some(work) = work {
+        if args.keep {
+            eprintln!("kept the raw recording: {}", work.join("perf.data").display());
+        } else {
+            let _ = std::fs::remove_dir_all(&work);
+        }
     }
 
     let folded_path = args.output.with_extension("folded");
@@ -249,6 +253,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         _ => Ok(()),
     }
+}
+
+/// Records with perf; returns the recording and the scratch directory.
+fn record_with_perf(
+    args: &Args,
+    perf: &str,
+    binary: &Binary,
+    exe: &Path,
+    run_args: &[String],
+    progress: &Progress,
+) -> anyhow::Result<(Recording, Option<PathBuf>)> {
+    let mut group = UprobeGroup::new("trace")?;
+    let added = group.add_probes(binary, PROVIDER, |name| name == args.event, arg_names)?;
+    if args.verbose {
+        eprintln!("registered {added} uprobe(s) in group {}", group.name());
+    }
+    let work = work_dir(&args.output)?;
+    let data = work.join("perf.data");
+    let recorded = perf::record(
+        perf,
+        &group,
+        &perf::Workload { exe, args: run_args, pid: args.pid, duration: args.duration, call_graph: args.call_graph },
+        &data,
+        args.verbose,
+    );
+    // Kernel state is borrowed: the probes go as soon as recording ends.
+    let removed = group.remove();
+    let status = match recorded {
+        Ok(status) => status,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e);
+        }
+    };
+    removed.context("could not remove the uprobes this run registered")?;
+    progress.step("folding stacks");
+    let recording = perf::fold(perf, &data, args.weight, status, args.verbose)?;
+    Ok((recording, Some(work)))
 }
 
 fn check_event(args: &Args) -> anyhow::Result<()> {
@@ -347,12 +389,12 @@ fn print_summary(
              RUSTFLAGS=\"-C force-frame-pointers=yes\" and `debug = true`)"
         );
     }
-    if folded.events > 0 && folded.frames < 4 * folded.events {
+    if folded.stacks_added > 0 && folded.frames < 4 * folded.stacks_added {
         println!(
             "warning: stacks average {:.1} frames: the program was probably built without frame pointers \
              (build it with RUSTFLAGS=\"-C force-frame-pointers=yes\"; `cargo xtask trace` does for \
              workspace targets)",
-            folded.frames as f64 / folded.events as f64
+            folded.frames as f64 / folded.stacks_added as f64
         );
     }
     let top = folded.top(10);

@@ -215,16 +215,35 @@ fn pid_with_duration_records_a_running_service() {
     let Some(_kernel) = available("pid_with_duration_records_a_running_service") else { return };
     let service = Service::start();
     let tmp = TempDir::new("xtask-trace-pid");
-    let svg = tmp.path().join("pid.svg");
     let pid = service.0.id().to_string();
-    let out = run(&["trace", "--pid", &pid, "--duration", "1", "--weight", "count", "-o", svg.to_str().unwrap()]);
-    assert!(out.status.success());
-    let stacks = folded(&svg.with_extension("folded"));
-    let calls = weight_through(&stacks, "heapprobe_fixture::known_pattern");
-    assert!(calls >= 1000, "about 50 rounds of 1000 allocations in a second, got {calls}");
-    assert_eq!(stacks.values().sum::<u64>(), calls, "the loop allocates nowhere else");
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("traced process {pid}: still running")));
-    assert_no_heapprobe_uprobes();
+    let backends: &[&str] = if tracing_available("pid_with_duration_records_a_running_service", &["bpftrace"]) {
+        &["perf", "bpftrace"]
+    } else {
+        &["perf"]
+    };
+    for backend in backends {
+        let svg = tmp.path().join(format!("pid-{backend}.svg"));
+        let out = run(&[
+            "trace",
+            "--pid",
+            &pid,
+            "--duration",
+            "1",
+            "--weight",
+            "count",
+            "--backend",
+            backend,
+            "-o",
+            svg.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{backend}");
+        let stacks = folded(&svg.with_extension("folded"));
+        let calls = weight_through(&stacks, "heapprobe_fixture::known_pattern");
+        assert!(calls >= 1000, "{backend}: about 50 rounds of 1000 allocations in a second, got {calls}");
+        assert_eq!(stacks.values().sum::<u64>(), calls, "{backend}: the loop allocates nowhere else");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("traced process {pid}: still running")));
+        assert_no_heapprobe_uprobes();
+    }
 }
 
 /// Ctrl-C (SIGINT to the xtask alone) ends the recording; the profile is
@@ -324,4 +343,59 @@ fn probes_lists_the_sites_of_a_binary() {
     let out = run(&["probes", env!("CARGO_BIN_EXE_xtask")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no heapprobe probes in"));
+}
+
+/// The two backends produce the same folded format and, on the fixture's
+/// deterministic workload, exactly the same totals; bpftrace's stacks are
+/// symbolised after the process exited, and even after it crashed (from the
+/// probe sites alone).
+#[test]
+fn perf_and_bpftrace_agree_exactly_on_the_fixture() {
+    let Some(_kernel) = available("perf_and_bpftrace_agree_exactly_on_the_fixture") else { return };
+    if !tracing_available("perf_and_bpftrace_agree_exactly_on_the_fixture", &["bpftrace"]) {
+        return;
+    }
+    let tmp = TempDir::new("xtask-trace-backends");
+    let mut totals = Vec::new();
+    for backend in ["perf", "bpftrace"] {
+        for weight in ["bytes", "count"] {
+            let svg = tmp.path().join(format!("{backend}-{weight}.svg"));
+            let out = run(&[
+                "trace",
+                "--bin",
+                "heapprobe-fixture",
+                "--backend",
+                backend,
+                "--weight",
+                weight,
+                "-o",
+                svg.to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{backend} {weight}");
+            let stacks = folded(&svg.with_extension("folded"));
+            let known = weight_through(&stacks, "heapprobe_fixture::known_pattern");
+            assert_eq!(known, if weight == "bytes" { 4_096_000 } else { 1000 }, "{backend} {weight}");
+            let unknown: u64 = stacks.iter().filter(|(s, _)| s.contains("[unknown]")).map(|(_, w)| w).sum();
+            assert_eq!(unknown, 0, "{backend} {weight}: unsymbolised frames");
+            totals.push((weight, stacks.values().sum::<u64>()));
+        }
+    }
+    assert_eq!(totals[..2], totals[2..], "perf vs bpftrace totals");
+
+    let svg = tmp.path().join("crash.svg");
+    let out = run(&[
+        "trace",
+        "--bin",
+        "heapprobe-fixture",
+        "--backend",
+        "bpftrace",
+        "-o",
+        svg.to_str().unwrap(),
+        "--",
+        "--crash",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ended without calling _exit"));
+    assert_eq!(weight_through(&folded(&svg.with_extension("folded")), "heapprobe_fixture::known_pattern"), 4_096_000);
+    assert_no_heapprobe_uprobes();
 }
