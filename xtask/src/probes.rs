@@ -86,6 +86,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         probes.len(),
         probes.len() - bogus
     );
+    if bogus == probes.len() && provider.is_some() {
+        bail!(
+            "no heapprobe probes in {} ({bogus} bogus note(s) left by code the linker discarded): is `Heapprobe` \
+             the `#[global_allocator]`?",
+            exe.display()
+        );
+    }
     if binary.code_offset_differs() {
         println!(
             "note: code is mapped at a virtual address that differs from its file offset (rust-lld's layout): \
