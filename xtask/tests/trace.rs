@@ -148,6 +148,32 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
         assert!(!svg.exists() && !svg.with_extension("folded").exists(), "{args:?} wrote output");
         assert_no_heapprobe_uprobes();
     }
+    // A process that does not use heapprobe.
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = run(&["trace", "--pid", &sleeper.id().to_string(), "-o", o]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no heapprobe probes in /proc/"));
+    // perf that does not run (`$PERF` overrides the program).
+    let out = xtask().args(["trace", "--test", "it_works", "-o", o]).env("PERF", "/nonexistent/perf").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("$PERF is \"/nonexistent/perf\", which does not run"));
+    // Not root and no capabilities: says what is needed.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .args(["trace", "--pid", "1", "-o", "/tmp/never.svg"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("tracing needs root, or the CAP_PERFMON and CAP_BPF capabilities"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_heapprobe_uprobes();
     // A directory we cannot write to (as root, a read-only bind is the
     // reliable way; a path under /proc is never writable).
     let out = run(&["trace", "--test", "it_works", "-o", "/proc/heapprobe.svg"]);
