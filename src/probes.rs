@@ -35,6 +35,12 @@ macro_rules! fire {
 
 include!(concat!(env!("OUT_DIR"), "/probes.rs"));
 
+/// The argument names of `probe`, in order, as `probes/heapprobe.d` gives
+/// them (`["ptr", "size", "align"]` for `alloc`); empty for an unknown name.
+pub fn arg_names(probe: &str) -> &'static [&'static str] {
+    PROBES.iter().find(|(name, _)| *name == probe).map_or(&[], |(_, args)| args)
+}
+
 /// The probe backend compiled into this build: `"probe"`, `"usdt"` or `"none"`.
 pub const BACKEND: &str = if cfg!(feature = "usdt") {
     "usdt"

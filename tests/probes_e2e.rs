@@ -145,7 +145,8 @@ fn trace_with_bpftrace(exe: &Path) -> (Counts, String) {
 fn trace_with_perf(exe: &Path) -> (Counts, String) {
     let binary = Binary::open(exe).expect("read fixture ELF");
     let mut group = UprobeGroup::new("e2e").expect("uprobe group");
-    let registered = group.add_probes(&binary, "heapprobe", |_| true, support::arg_names).expect("register uprobes");
+    let registered =
+        group.add_probes(&binary, "heapprobe", |_| true, heapprobe::probes::arg_names).expect("register uprobes");
     assert!(registered >= 9, "only {registered} probe sites registered");
     let tmp = TempDir::new("e2e-perf");
     let data = tmp.path().join("perf.data");

@@ -97,15 +97,6 @@ pub fn assert_no_heapprobe_uprobes() {
     assert!(ours.is_empty(), "uprobes left behind: {ours:#?}");
 }
 
-/// The argument names of each probe, from `probes/heapprobe.d`.
-pub fn arg_names(probe: &str) -> Vec<String> {
-    heapprobe::probes::PROBES
-        .iter()
-        .find(|(name, _)| *name == probe)
-        .map(|(_, args)| args.iter().map(|a| (*a).to_owned()).collect())
-        .unwrap_or_default()
-}
-
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -34,6 +34,17 @@ impl Folded {
     /// A zero weight counts the event but adds no stack.
     pub fn add(&mut self, frames_leaf_first: &[String], weight: u64) {
         self.events += 1;
+        self.add_stack(frames_leaf_first, weight);
+    }
+
+    /// Adds a stack already aggregated elsewhere (in the kernel, by
+    /// bpftrace): its total weight, without counting events (the caller sets
+    /// [`events`](Self::events)).
+    pub fn add_aggregate(&mut self, frames_leaf_first: &[String], weight: u64) {
+        self.add_stack(frames_leaf_first, weight);
+    }
+
+    fn add_stack(&mut self, frames_leaf_first: &[String], weight: u64) {
         self.stacks_added += 1;
         self.frames += frames_leaf_first.len() as u64;
         self.unknown_frames += frames_leaf_first.iter().filter(|f| f.as_str() == UNKNOWN).count() as u64;
@@ -54,14 +65,6 @@ impl Folded {
             key.push_str(UNKNOWN);
         }
         *self.stacks.entry(key).or_default() += weight;
-    }
-
-    /// Adds a stack already aggregated elsewhere (in the kernel, by
-    /// bpftrace): its total weight, without counting events (the caller sets
-    /// [`events`](Self::events)).
-    pub fn add_aggregate(&mut self, frames_leaf_first: &[String], weight: u64) {
-        self.add(frames_leaf_first, weight);
-        self.events -= 1;
     }
 
     /// The folded lines, sorted by stack (inferno's expected order).

@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let semaphore = probe.semaphore.map_or_else(|| String::from("-"), |s| format!("{s:#x}"));
         let names =
-            if probe.provider == crate::trace::PROVIDER { crate::trace::arg_names(&probe.name) } else { Vec::new() };
+            if probe.provider == crate::trace::PROVIDER { heapprobe::probes::arg_names(&probe.name) } else { &[] };
         let arguments: Vec<String> = probe
             .arguments
             .split_whitespace()

@@ -265,7 +265,7 @@ fn record_with_perf(
     progress: &Progress,
 ) -> anyhow::Result<(Recording, Option<PathBuf>)> {
     let mut group = UprobeGroup::new("trace")?;
-    let added = group.add_probes(binary, PROVIDER, |name| name == args.event, arg_names)?;
+    let added = group.add_probes(binary, PROVIDER, |name| name == args.event, heapprobe::probes::arg_names)?;
     if args.verbose {
         eprintln!("registered {added} uprobe(s) in group {}", group.name());
     }
@@ -309,17 +309,13 @@ fn check_event(args: &Args) -> anyhow::Result<()> {
     }
 }
 
-/// Fetch-arg names for a probe, from `probes/heapprobe.d` (via the library).
-pub fn arg_names(probe: &str) -> Vec<String> {
-    heapprobe::probes::PROBES
-        .iter()
-        .find(|(name, _)| *name == probe)
-        .map(|(_, args)| args.iter().map(|a| (*a).to_owned()).collect())
-        .unwrap_or_default()
+/// The directory `output` goes to.
+fn output_dir(output: &Path) -> &Path {
+    output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 fn check_output_writable(output: &Path) -> anyhow::Result<()> {
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = output_dir(output);
     if !dir.is_dir() {
         bail!("cannot write {}: {} is not a directory", output.display(), dir.display());
     }
@@ -333,8 +329,7 @@ fn check_output_writable(output: &Path) -> anyhow::Result<()> {
 
 /// A scratch directory for the raw recording, next to the output.
 fn work_dir(output: &Path) -> anyhow::Result<PathBuf> {
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let work = dir.join(format!(".heapprobe-trace-{}", std::process::id()));
+    let work = output_dir(output).join(format!(".heapprobe-trace-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     Ok(work)
 }

@@ -107,7 +107,7 @@ impl UprobeGroup {
         binary: &Binary,
         provider: &str,
         want: impl Fn(&str) -> bool,
-        arg_names: impl Fn(&str) -> Vec<String>,
+        arg_names: impl Fn(&str) -> &'static [&'static str],
     ) -> Result<usize, Error> {
         let path = binary.path.canonicalize().map_err(|source| Error::Read { path: binary.path.clone(), source })?;
         let mut added = 0;
@@ -128,7 +128,7 @@ impl UprobeGroup {
                         probe: format!("{}:{}", probe.provider, probe.name),
                         arg: format!("{arg:?}"),
                     })?;
-                    Ok((names.get(n).cloned().unwrap_or_else(|| format!("arg{n}")), fetch))
+                    Ok((names.get(n).map_or_else(|| format!("arg{n}"), |name| (*name).to_owned()), fetch))
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
             let spec = UprobeSpec {

@@ -130,8 +130,8 @@ fn program(
     duration: Option<f64>,
     libc: &Path,
 ) -> anyhow::Result<String> {
-    let args = super::arg_names(event);
-    let arg = |name: &str| args.iter().position(|a| a == name).map(|i| format!("arg{i}"));
+    let args = heapprobe::probes::arg_names(event);
+    let arg = |name: &str| args.iter().position(|a| *a == name).map(|i| format!("arg{i}"));
     let value = match weight {
         Weight::Count => String::from("1"),
         Weight::Bytes => arg("size").or_else(|| arg("new_size")).context("this probe has no size argument")?,
