@@ -147,6 +147,14 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A Rust symbol without its hash (`{:#}`), or the symbol unchanged.
+pub fn demangle(symbol: &str) -> String {
+    match rustc_demangle::try_demangle(symbol) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => symbol.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

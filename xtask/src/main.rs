@@ -1,6 +1,7 @@
 //! `cargo xtask`: heapprobe's automation. One module per subcommand; this
 //! file only parses the command line and dispatches.
 
+mod doctor;
 mod fold;
 mod probes;
 mod target;
@@ -26,6 +27,9 @@ enum Command {
     /// List the SDT probes of a binary, a target or a running process
     /// (provider, name, address, file offset, semaphore, arguments).
     Probes(probes::Args),
+    /// Check that this machine can trace, and that a binary (a target,
+    /// PATH or --pid) is traceable; prints the exact fix for each problem.
+    Doctor(doctor::Args),
     /// Run the whole test suite: every feature set, the end-to-end tracing
     /// tests included (installs perf and bpftrace first when root).
     Test(test::Args),
@@ -35,6 +39,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Trace(args) => trace::run(args),
         Command::Probes(args) => probes::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Test(args) => test::run(args),
     };
     match result {

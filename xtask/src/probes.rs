@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use heapprobe_sdt::{Binary, Site};
 
 use crate::target::{self, TargetArgs};
@@ -28,20 +28,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let exe = if let Some(path) = args.path {
-        path
-    } else if let Some(pid) = args.pid {
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        if !exe.exists() {
-            bail!("no process with pid {pid} (or no permission to read its executable)");
-        }
-        exe
-    } else if args.target.is_set() {
-        target::build(&args.target, args.verbose)?.exe
-    } else {
+    let Some(exe) = target::inspected_exe(args.path, args.pid, &args.target, args.verbose)? else {
         bail!("which binary? give a PATH, --pid PID, or a target (--test, --bin, --example, --bench, --lib)");
     };
-    let binary = Binary::open(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
+    let binary = Binary::open(&exe)?;
     let provider = (!args.all).then_some(crate::trace::PROVIDER);
     let probes: Vec<_> = binary.probes.iter().filter(|p| provider.is_none_or(|want| p.provider == want)).collect();
     println!("{}", exe.display());

@@ -65,6 +65,40 @@ pub struct Built {
     pub label: String,
 }
 
+/// The executable a subcommand inspects: `path` if given, else the running
+/// process `pid`'s, else the built `target`'s; `None` when none was chosen.
+pub fn inspected_exe(
+    path: Option<PathBuf>,
+    pid: Option<u32>,
+    target: &TargetArgs,
+    verbose: bool,
+) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(path) = path {
+        if !path.exists() {
+            bail!("{} does not exist", path.display());
+        }
+        return Ok(Some(path));
+    }
+    if let Some(pid) = pid {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("no process with pid {pid}");
+        }
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        if std::fs::metadata(&exe).is_err() {
+            bail!(
+                "cannot read the executable of pid {pid} ({}): a process of another user needs root or \
+                 CAP_SYS_PTRACE",
+                exe.display()
+            );
+        }
+        return Ok(Some(exe));
+    }
+    if target.is_set() {
+        return Ok(Some(build(target, verbose)?.exe));
+    }
+    Ok(None)
+}
+
 /// Builds the chosen target with the trace profile and finds its executable.
 pub fn build(target: &TargetArgs, verbose: bool) -> anyhow::Result<Built> {
     let metadata = MetadataCommand::new()

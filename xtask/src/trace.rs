@@ -162,7 +162,10 @@ pub static RECORDER_PID: AtomicU32 = AtomicU32::new(0);
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     check_event(&args)?;
-    util::check_tracing_privileges()?;
+    util::check_tracing_privileges(match args.backend {
+        Backend::Perf => "perf",
+        Backend::Bpftrace => "bpftrace",
+    })?;
     let tool = match args.backend {
         Backend::Perf => util::require_tool("PERF", "perf", "linux-perf")?,
         Backend::Bpftrace => util::require_tool("BPFTRACE", "bpftrace", "bpftrace")?,
@@ -177,10 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let progress = Progress::new();
     let (exe, run_args, label) = match args.pid {
         Some(pid) => {
-            let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                bail!("no process with pid {pid}");
-            }
+            let exe = target::inspected_exe(None, Some(pid), &args.target, args.verbose)?.expect("a pid was given");
             (exe, Vec::new(), format!("pid {pid}"))
         }
         None => {
@@ -195,7 +195,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    let binary = Binary::open(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
+    let binary = Binary::open(&exe)?;
     let sites = binary.valid_probes(Some(PROVIDER)).filter(|p| p.name == args.event).count();
     if sites == 0 {
         if binary.valid_probes(Some(PROVIDER)).next().is_none() {

@@ -75,26 +75,83 @@ pub fn require_tool(var: &str, default: &str, package: &str) -> anyhow::Result<S
     bail!("{default} is not installed: run `{install}` as root (or with sudo), then try again")
 }
 
-/// Tracing needs root (or CAP_PERFMON + CAP_BPF) and tracefs; says what is
-/// missing and how to get it.
-pub fn check_tracing_privileges() -> anyhow::Result<()> {
-    if !is_root() && !has_capabilities(&[38, 39]) {
-        bail!(
-            "tracing needs root, or the CAP_PERFMON and CAP_BPF capabilities: run it with sudo \
-             (`sudo -E cargo xtask ...`)"
-        );
+/// Linux capability numbers (`linux/capability.h`).
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_PERFMON: u32 = 38;
+
+/// What this process may do for tracing.
+#[derive(Clone, Copy, Debug)]
+pub struct Privileges {
+    /// Effective uid 0.
+    pub root: bool,
+    /// CAP_PERFMON: perf may record tracepoint (uprobe) events.
+    pub perfmon: bool,
+    /// CAP_DAC_OVERRIDE: tracefs (mode 0700) is reachable and
+    /// `uprobe_events` writable.
+    pub dac_override: bool,
+}
+
+/// How to get the capabilities the perf backend needs without running
+/// everything as root (tested in `xtask/tests/trace.rs`).
+pub const CAPABILITY_RECIPE: &str = "sudo -E env PATH=\"$PATH\" setpriv --reuid=$(id -u) --regid=$(id -g) \
+     --init-groups --inh-caps=+perfmon,+dac_override --ambient-caps=+perfmon,+dac_override cargo xtask trace ...";
+
+impl Privileges {
+    /// This process's.
+    pub fn current() -> Self {
+        let caps = effective_capabilities();
+        let has = |cap: u32| caps & (1 << cap) != 0;
+        Self { root: is_root(), perfmon: has(CAP_PERFMON), dac_override: has(CAP_DAC_OVERRIDE) }
     }
-    heapprobe_sdt::tracefs()
-        .map_err(|e| anyhow::anyhow!("{e}: mount it with `mount -t tracefs nodev /sys/kernel/tracing` (as root)"))?;
+
+    /// Whether the perf backend can work: root, or CAP_PERFMON and
+    /// CAP_DAC_OVERRIDE.
+    pub fn can_use_perf(self) -> bool {
+        self.root || (self.perfmon && self.dac_override)
+    }
+
+    /// What is missing for `backend` (`"perf"` or `"bpftrace"`), with the
+    /// way to get it; `None` when nothing is.
+    pub fn missing_for(self, backend: &str) -> Option<String> {
+        match backend {
+            "bpftrace" if !self.root => Some(String::from(
+                "the bpftrace backend needs root (bpftrace 0.17 refuses to run otherwise): run it with sudo \
+                 (`sudo -E env PATH=\"$PATH\" cargo xtask trace --backend bpftrace ...`), or use the perf backend, \
+                 which works with two capabilities",
+            )),
+            "perf" if !self.can_use_perf() => Some(format!(
+                "tracing with perf needs root, or the CAP_PERFMON and CAP_DAC_OVERRIDE capabilities (to record \
+                 uprobe events and to write /sys/kernel/tracing/uprobe_events); this process has{}{}: run it with \
+                 sudo, or as yourself with just those two capabilities: `{CAPABILITY_RECIPE}`",
+                if self.perfmon { " CAP_PERFMON" } else { " not CAP_PERFMON" },
+                if self.dac_override { " and CAP_DAC_OVERRIDE" } else { " and not CAP_DAC_OVERRIDE" },
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Tracing with `backend` needs privileges and tracefs; says what is missing
+/// and how to get it, and mounts tracefs when it is missing and we may.
+pub fn check_tracing_privileges(backend: &str) -> anyhow::Result<()> {
+    if let Some(missing) = Privileges::current().missing_for(backend) {
+        bail!("{missing}");
+    }
+    if heapprobe_sdt::find_tracefs().is_none() {
+        let dir = heapprobe_sdt::mount_tracefs()?;
+        eprintln!("tracefs was not mounted: mounted it at {}", dir.display());
+    }
     Ok(())
 }
 
-/// Whether the effective capability set holds every capability number given.
-fn has_capabilities(caps: &[u32]) -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
-    let Some(hex) = status.lines().find_map(|l| l.strip_prefix("CapEff:")) else { return false };
-    let Ok(bits) = u64::from_str_radix(hex.trim(), 16) else { return false };
-    caps.iter().all(|c| bits & (1 << c) != 0)
+/// The effective capability set (`CapEff` in /proc/self/status).
+fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Step-by-step progress on stderr ("[1] building ...", with elapsed time

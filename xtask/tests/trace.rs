@@ -169,7 +169,7 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("tracing needs root, or the CAP_PERFMON and CAP_BPF capabilities"),
+            .contains("tracing with perf needs root, or the CAP_PERFMON and CAP_DAC_OVERRIDE capabilities"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -270,6 +270,53 @@ fn pid_with_duration_records_a_running_service() {
         assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("traced process {pid}: still running")));
         assert_no_heapprobe_uprobes();
     }
+}
+
+/// The README's way to trace without being root: a user's own process,
+/// traced by that user with just CAP_PERFMON and CAP_DAC_OVERRIDE (perf
+/// backend); the bpftrace backend says it needs root.
+#[test]
+fn a_user_with_two_capabilities_traces_their_own_process() {
+    let Some(_kernel) = available("a_user_with_two_capabilities_traces_their_own_process") else { return };
+    let tmp = TempDir::new("xtask-trace-caps");
+    // SAFETY: chown/chmod on our own scratch directory, paths NUL-terminated.
+    let dir = std::ffi::CString::new(tmp.path().to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::chown(dir.as_ptr(), 65534, 65534) }, 0);
+    let exe = tmp.path().join("fixture");
+    std::fs::copy(fixture_with_frame_pointers(), &exe).unwrap();
+    let as_nobody = |caps: &str, program: &Path| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .arg(program)
+            .current_dir(tmp.path());
+        cmd
+    };
+    let mut service = as_nobody("-all", &exe).arg("--loop").stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(service.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let pid = service.id().to_string();
+    let xtask = Path::new(env!("CARGO_BIN_EXE_xtask"));
+    let svg = tmp.path().join("caps.svg");
+    let traced = as_nobody("+perfmon,+dac_override", xtask)
+        .args(["trace", "--pid", &pid, "--duration", "1", "--weight", "count", "-o", svg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let refused = as_nobody("+perfmon,+dac_override", xtask)
+        .args(["trace", "--backend", "bpftrace", "--pid", &pid, "--duration", "1", "-o", svg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = service.kill();
+    let _ = service.wait();
+    eprintln!("{}", String::from_utf8_lossy(&traced.stderr));
+    assert!(traced.status.success());
+    let calls = weight_through(&folded(&svg.with_extension("folded")), "heapprobe_fixture::known_pattern");
+    assert!(calls >= 1000, "about 50 rounds of 1000 allocations in a second, got {calls}");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("the bpftrace backend needs root"));
+    assert_no_heapprobe_uprobes();
 }
 
 /// Ctrl-C (SIGINT to the xtask alone) ends the recording; the profile is

@@ -15,18 +15,18 @@ mod uprobe;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use object::elf::{FileHeader64, PF_X, PT_LOAD, SHF_ALLOC, SHF_EXECINSTR};
+use object::elf::{FileHeader64, PF_W, PF_X, PT_LOAD, SHF_ALLOC, SHF_EXECINSTR};
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::Endianness;
 
-pub use uprobe::{sweep_stale_groups, tracefs, UprobeGroup, UprobeSpec, GROUP_PREFIX};
+pub use uprobe::{find_tracefs, mount_tracefs, sweep_stale_groups, tracefs, UprobeGroup, UprobeSpec, GROUP_PREFIX};
 
 /// What can go wrong reading a binary.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -50,7 +50,7 @@ pub enum Error {
         arg: String,
     },
     /// Writing to or reading tracefs failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Tracefs {
         /// What was being done, with the path.
         what: String,
@@ -225,6 +225,8 @@ pub struct Segment {
     pub mem_size: u64,
     /// Whether the segment is executable.
     pub executable: bool,
+    /// Whether the segment is writable (where semaphores must live).
+    pub writable: bool,
 }
 
 /// The SDT view of one ELF binary.
@@ -264,6 +266,7 @@ impl Binary {
                 file_size: p.p_filesz(endian),
                 mem_size: p.p_memsz(endian),
                 executable: p.p_flags(endian) & PF_X != 0,
+                writable: p.p_flags(endian) & PF_W != 0,
             })
             .collect();
         let sections = header.sections(endian, data).map_err(not_elf)?;

@@ -16,20 +16,30 @@ const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing
 /// The tracefs mount point. If none is mounted and we may, mounts it at
 /// `/sys/kernel/tracing`.
 pub fn tracefs() -> Result<PathBuf, Error> {
-    if let Some(dir) = CANDIDATES.iter().map(PathBuf::from).find(|d| d.join("uprobe_events").exists()) {
-        return Ok(dir);
-    }
-    let status = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", CANDIDATES[0]]).status();
-    match status {
-        Ok(s) if s.success() && Path::new(CANDIDATES[0]).join("uprobe_events").exists() => Ok(PathBuf::from(CANDIDATES[0])),
-        _ => Err(Error::Tracefs {
-            what: String::from(
-                "tracefs is not mounted and could not be mounted: run `mount -t tracefs nodev /sys/kernel/tracing` as root \
-                 (and check that the kernel has CONFIG_UPROBE_EVENTS)",
-            ),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        }),
-    }
+    find_tracefs().map_or_else(mount_tracefs, Ok)
+}
+
+/// Where tracefs is mounted (with uprobe events), if anywhere.
+pub fn find_tracefs() -> Option<PathBuf> {
+    CANDIDATES.iter().map(PathBuf::from).find(|d| d.join("uprobe_events").exists())
+}
+
+/// Mounts tracefs at `/sys/kernel/tracing` (needs root).
+pub fn mount_tracefs() -> Result<PathBuf, Error> {
+    let dir = Path::new(CANDIDATES[0]);
+    let why = match std::process::Command::new("mount").args(["-t", "tracefs", "nodev"]).arg(dir).output() {
+        Ok(out) if out.status.success() && dir.join("uprobe_events").exists() => return Ok(dir.to_path_buf()),
+        Ok(out) if out.status.success() => String::from("mounted, but it has no uprobe_events"),
+        Ok(out) => String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("mount failed").trim().to_owned(),
+        Err(e) => format!("cannot run mount: {e}"),
+    };
+    Err(Error::Tracefs {
+        what: String::from(
+            "tracefs is not mounted and could not be mounted: run `mount -t tracefs nodev /sys/kernel/tracing` as root \
+             (and check that the kernel has CONFIG_UPROBE_EVENTS)",
+        ),
+        source: std::io::Error::other(why),
+    })
 }
 
 /// One uprobe to register.

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use heapprobe_sdt::UprobeGroup;
 
 use super::{CallGraph, Recording, Weight, RECORDER_PID};
-use crate::fold::{Folded, UNKNOWN};
+use crate::fold::{demangle, Folded, UNKNOWN};
 use crate::util::display;
 
 /// What to record.
@@ -58,6 +58,10 @@ pub fn record(
     let status = child.wait();
     RECORDER_PID.store(0, Ordering::SeqCst);
     let status = status.context("waiting for perf record")?;
+    // Without root, perf cannot read kernel symbols; we record user stacks
+    // only, so its three-line warning about that is noise.
+    let stderr: Vec<&str> = stderr.lines().filter(|l| !KERNEL_SYMBOL_NOISE.iter().any(|n| l.contains(n))).collect();
+    let stderr = stderr.join("\n");
     let stderr = stderr.trim();
     if !stderr.is_empty() {
         eprintln!("{stderr}");
@@ -77,6 +81,13 @@ pub fn record(
     };
     Ok(how)
 }
+
+/// perf's warnings about kernel symbols, irrelevant to user-space stacks.
+const KERNEL_SYMBOL_NOISE: [&str; 3] = [
+    "Couldn't record kernel reference relocation symbol",
+    "Symbol resolution may be skewed if relocation was used",
+    "Check /proc/kallsyms permission or run as root",
+];
 
 /// Reads the recording back with `perf script` and folds it.
 pub fn fold(
@@ -180,14 +191,6 @@ fn frame_name(line: &str) -> String {
         return String::from(UNKNOWN);
     }
     demangle(symbol)
-}
-
-/// A Rust symbol without its hash (`{:#}`), or the symbol unchanged.
-pub fn demangle(symbol: &str) -> String {
-    match rustc_demangle::try_demangle(symbol) {
-        Ok(d) => format!("{d:#}"),
-        Err(_) => symbol.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ impl Symbolizer {
         symbols
             .as_ref()
             .and_then(|s| s.vaddr_of_offset(offset).and_then(|vaddr| s.name_at(vaddr)))
-            .map_or_else(|| String::from(UNKNOWN), super::perf::demangle)
+            .map_or_else(|| String::from(UNKNOWN), crate::fold::demangle)
     }
 }
 

@@ -1,0 +1,418 @@
+//! `cargo xtask doctor`: whether this machine can trace, and whether a binary
+//! is traceable. Every problem comes with the exact command that fixes it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::bail;
+use heapprobe_sdt::{Binary, Site};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
+
+use crate::target::{self, TargetArgs};
+use crate::trace::PROVIDER;
+use crate::util::{self, Privileges};
+
+/// Options of `cargo xtask doctor`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// A binary to check (instead of building a target).
+    #[arg(value_name = "PATH", conflicts_with_all = ["test", "bin", "example", "bench", "lib", "pid"])]
+    path: Option<PathBuf>,
+    /// Check the executable of this running process.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// Echo the commands run.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One line of the report.
+struct Check {
+    status: Status,
+    name: &'static str,
+    detail: String,
+    fix: Option<String>,
+}
+
+/// The checks, in the order they ran.
+#[derive(Default)]
+struct Report {
+    checks: Vec<Check>,
+}
+
+impl Report {
+    fn ok(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.checks.push(Check { status: Status::Ok, name, detail: detail.into(), fix: None });
+    }
+
+    fn warn(&mut self, name: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.checks.push(Check { status: Status::Warn, name, detail: detail.into(), fix: Some(fix.into()) });
+    }
+
+    fn fail(&mut self, name: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.checks.push(Check { status: Status::Fail, name, detail: detail.into(), fix: Some(fix.into()) });
+    }
+
+    fn count(&self, status: Status) -> usize {
+        self.checks.iter().filter(|c| c.status == status).count()
+    }
+
+    fn print(&self) {
+        for check in &self.checks {
+            let label = match check.status {
+                Status::Ok => "ok",
+                Status::Warn => "WARN",
+                Status::Fail => "FAIL",
+            };
+            println!("{label:<5} {:<19} {}", check.name, check.detail);
+            if let Some(fix) = &check.fix {
+                println!("{:<25} fix: {fix}", "");
+            }
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut report = Report::default();
+    check_system(&mut report);
+    let exe = target::inspected_exe(args.path, args.pid, &args.target, args.verbose)?;
+    if let Some(exe) = &exe {
+        println!("machine, and {}:", exe.display());
+        check_binary(&mut report, exe);
+    } else {
+        println!("machine (give a target, PATH or --pid to check a binary too):");
+    }
+    report.print();
+    let (warnings, failures) = (report.count(Status::Warn), report.count(Status::Fail));
+    println!("\n{} ok, {warnings} warning(s), {failures} failure(s)", report.count(Status::Ok));
+    if failures > 0 {
+        bail!("{failures} check(s) failed: run the fixes above, then `cargo xtask doctor` again");
+    }
+    Ok(())
+}
+
+/// Privileges, tracefs, kernel support and the tools.
+fn check_system(report: &mut Report) {
+    let privileges = Privileges::current();
+    if privileges.root {
+        report.ok("privileges", "root");
+    } else if privileges.can_use_perf() {
+        report.warn(
+            "privileges",
+            "not root, with CAP_PERFMON and CAP_DAC_OVERRIDE: the perf backend works, the bpftrace backend does not",
+            privileges.missing_for("bpftrace").unwrap_or_default(),
+        );
+    } else {
+        report.fail("privileges", "not root", privileges.missing_for("perf").unwrap_or_default());
+    }
+
+    match std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").map(|s| s.trim().parse::<i32>()) {
+        Ok(Ok(level)) if privileges.root || privileges.perfmon => {
+            report.ok("perf_event_paranoid", format!("{level} (does not limit root or CAP_PERFMON)"))
+        }
+        Ok(Ok(level)) if level <= -1 => report.ok("perf_event_paranoid", format!("{level}")),
+        Ok(Ok(level)) => report.fail(
+            "perf_event_paranoid",
+            format!("{level}: without CAP_PERFMON, recording uprobe events needs -1"),
+            "grant CAP_PERFMON (see privileges), or `sysctl -w kernel.perf_event_paranoid=-1` as root",
+        ),
+        _ => report.fail(
+            "perf_event_paranoid",
+            "/proc/sys/kernel/perf_event_paranoid is unreadable: the kernel lacks perf events",
+            "use a kernel built with CONFIG_PERF_EVENTS (Debian's is)",
+        ),
+    }
+
+    let tracefs = match heapprobe_sdt::find_tracefs() {
+        Some(dir) => {
+            report.ok("tracefs", format!("mounted at {}", dir.display()));
+            Some(dir)
+        }
+        None if privileges.root => match heapprobe_sdt::mount_tracefs() {
+            Ok(dir) => {
+                report.ok("tracefs", format!("was not mounted: mounted it at {}", dir.display()));
+                Some(dir)
+            }
+            Err(e) => {
+                report.fail("tracefs", format!("not mounted, and mounting failed: {}", source_of(&e)), TRACEFS_FIX);
+                None
+            }
+        },
+        None if Path::new("/sys/kernel/tracing/trace").exists() || !privileges.dac_override => {
+            report.fail(
+                "tracefs",
+                "not reachable by this user (tracefs is root-only, mode 0700)",
+                format!("run as root, or with CAP_DAC_OVERRIDE: `{}`", util::CAPABILITY_RECIPE),
+            );
+            None
+        }
+        None => {
+            report.fail("tracefs", "not mounted", TRACEFS_FIX);
+            None
+        }
+    };
+
+    let uprobe_pmu = Path::new("/sys/bus/event_source/devices/uprobe").exists();
+    match (tracefs, uprobe_pmu) {
+        (Some(_), true) => report.ok("uprobes", "uprobe events and the uprobe PMU are available"),
+        (None, _) => report.warn("uprobes", "not checked: tracefs is not available", "see tracefs above"),
+        (Some(_), false) => report.fail(
+            "uprobes",
+            "the kernel lacks the uprobe PMU (/sys/bus/event_source/devices/uprobe) that perf and bpftrace use",
+            "use a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS (Debian's is)",
+        ),
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        report.warn(
+            "btf",
+            "the kernel has no BTF (/sys/kernel/btf/vmlinux): some bpftrace features are unavailable",
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF (Debian's is); the perf backend does not need it",
+        );
+    }
+
+    check_tool(report, "perf", util::tool("PERF", "perf"), &["version"], "linux-perf", true);
+    check_tool(report, "bpftrace", util::tool("BPFTRACE", "bpftrace"), &["--version"], "bpftrace", false);
+}
+
+const TRACEFS_FIX: &str =
+    "`mount -t tracefs nodev /sys/kernel/tracing` as root (`cargo xtask trace` does it when root)";
+
+/// The innermost cause's message.
+fn source_of(error: &dyn std::error::Error) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Whether `program` runs, and its version. perf is the default backend, so
+/// its absence fails; bpftrace's only warns.
+fn check_tool(report: &mut Report, name: &'static str, program: String, args: &[&str], package: &str, needed: bool) {
+    let output = Command::new(&program).args(args).output();
+    let fix = if program == name {
+        format!("`apt-get install -y {package}` as root")
+    } else {
+        format!("${} is {program:?}: point it at a working {name}, or unset it", name.to_uppercase())
+    };
+    let problem = match output {
+        Ok(out) if out.status.success() => {
+            let version = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_owned();
+            report.ok(name, format!("{version} ({program})"));
+            return;
+        }
+        Ok(out) => format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("no output").trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!("{program} is not installed"),
+        Err(e) => format!("cannot run {program}: {e}"),
+    };
+    if needed {
+        report.fail(name, problem, fix);
+    } else {
+        report.warn(name, format!("{problem} (only `--backend bpftrace` and scripts/ need it)"), fix);
+    }
+}
+
+/// Probes, their placement and semaphores, frame pointers and debuginfo.
+fn check_binary(report: &mut Report, exe: &Path) {
+    let binary = match Binary::open(exe) {
+        Ok(binary) => binary,
+        Err(e) => {
+            report.fail("binary", format!("{e}: {}", source_of(&e)), "give a 64-bit ELF executable");
+            return;
+        }
+    };
+    let ours: Vec<_> = binary.probes.iter().filter(|p| p.provider == PROVIDER).collect();
+    let valid: Vec<_> = ours.iter().filter(|p| matches!(p.site, Site::Valid { .. })).collect();
+    if valid.is_empty() {
+        report.fail(
+            "probes",
+            format!(
+                "no heapprobe probes{}",
+                if ours.is_empty() { String::new() } else { format!(" ({} bogus notes only)", ours.len()) }
+            ),
+            "make `Heapprobe` the `#[global_allocator]`, with the default `probe` feature or `usdt`",
+        );
+    } else {
+        let mut names: Vec<&str> = valid.iter().map(|p| p.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        report.ok("probes", format!("{} sites of {} heapprobe probes", valid.len(), names.len()));
+    }
+    if binary.has_stapsdt_base {
+        report.ok(".stapsdt.base", "present (tools can adjust for prelinking)");
+    } else if !ours.is_empty() {
+        report.fail(
+            ".stapsdt.base",
+            "missing: tracers cannot check the notes' addresses against it",
+            "build the probes with the `probe` or `usdt` crate (heapprobe's features), which emit it",
+        );
+    }
+
+    let bogus = ours.len() - valid.len();
+    if bogus == 0 {
+        report.ok("bogus sites", "none");
+    } else {
+        report.warn(
+            "bogus sites",
+            format!(
+                "{bogus} heapprobe notes point outside executable code (left by code the linker discarded): \
+                 `cargo xtask trace` and bpftrace skip them, `perf probe sdt_heapprobe:*` registers them"
+            ),
+            "trace with `cargo xtask trace` or bpftrace `usdt:` probes, not `perf probe sdt_heapprobe:*`",
+        );
+    }
+
+    match binary.segments.iter().find(|s| s.executable && s.vaddr != s.offset) {
+        Some(code) => report.warn(
+            "layout",
+            format!(
+                "code is mapped at {:#x} above its file offset (rust-lld's layout): perf 6.1's `perf probe \
+                 sdt_heapprobe:*` would misplace every probe by that much (0 events, and a crashed target)",
+                code.vaddr.wrapping_sub(code.offset)
+            ),
+            "trace with `cargo xtask trace` (places probes itself) or bpftrace; or link with \
+             `-C link-arg=-Wl,-z,separate-loadable-segments` if you must use `perf probe sdt_…`",
+        ),
+        None => report.ok("layout", "code vaddr = file offset: even naive `perf probe sdt_…` places probes right"),
+    }
+
+    let semaphores: Vec<_> = valid.iter().filter_map(|p| p.semaphore.map(|s| (p, s))).collect();
+    if semaphores.is_empty() {
+        report.ok("semaphores", "none: every site is a bare `nop`, armed whenever traced");
+    } else {
+        let unsafe_ones: Vec<String> = semaphores
+            .iter()
+            .filter(|(_, sem)| {
+                !binary.segments.iter().any(|s| s.writable && *sem >= s.vaddr && *sem + 2 <= s.vaddr + s.file_size)
+            })
+            .map(|(p, sem)| format!("{}@{sem:#x}", p.name))
+            .collect();
+        if unsafe_ones.is_empty() {
+            report.ok(
+                "semaphores",
+                format!("{} guarded sites, semaphores file-backed in writable data", semaphores.len()),
+            );
+        } else {
+            report.fail(
+                "semaphores",
+                format!("not in file-backed writable data, so the kernel cannot arm them: {}", unsafe_ones.join(", ")),
+                "build with the default `probe` feature (no semaphores)",
+            );
+        }
+    }
+
+    match std::fs::read(exe) {
+        Ok(data) => check_code(report, &data),
+        Err(e) => report.fail("debuginfo", format!("cannot read {}: {e}", exe.display()), "check permissions"),
+    }
+}
+
+/// Crates whose code ships precompiled with the toolchain: their frame
+/// pointers say nothing about how the binary was built.
+const TOOLCHAIN_CRATES: [&str; 17] = [
+    "std",
+    "core",
+    "alloc",
+    "compiler_builtins",
+    "std_detect",
+    "panic_unwind",
+    "panic_abort",
+    "unwind",
+    "hashbrown",
+    "rustc_demangle",
+    "addr2line",
+    "gimli",
+    "miniz_oxide",
+    "object",
+    "memchr",
+    "adler2",
+    "cfg_if",
+];
+
+/// Frame pointers (x86-64 prologues of the binary's own functions) and
+/// debuginfo.
+fn check_code(report: &mut Report, data: &[u8]) {
+    let Ok(file) = object::File::parse(data) else {
+        report.fail("debuginfo", "not an object file the `object` crate can read", "give an ELF executable");
+        return;
+    };
+    let functions: Vec<_> = file.symbols().filter(|s| s.kind() == SymbolKind::Text && s.size() > 0).collect();
+    if functions.is_empty() {
+        report.fail(
+            "symbols",
+            "no function symbols (stripped): every frame would be [unknown]",
+            "do not strip the binary (`strip = false` in the profile), or keep a debug file with its build id",
+        );
+        return;
+    }
+    if file.architecture() == object::Architecture::X86_64 {
+        let (mut own, mut with_fp) = (0u32, 0u32);
+        for symbol in &functions {
+            let Ok(name) = symbol.name() else { continue };
+            let demangled = crate::fold::demangle(name);
+            // `<T as Trait>::f` may be the toolchain's for any crate's type:
+            // only plain paths say whose code it is.
+            let krate = demangled.split("::").next().unwrap_or_default();
+            if !(name.starts_with("_ZN") || name.starts_with("_R"))
+                || demangled.starts_with('<')
+                || TOOLCHAIN_CRATES.contains(&krate)
+            {
+                continue;
+            }
+            let Some(code) = symbol
+                .section_index()
+                .and_then(|i| file.section_by_index(i).ok())
+                .and_then(|s| Some((s.address(), s.data().ok()?)))
+                .and_then(|(start, bytes)| bytes.get(usize::try_from(symbol.address().checked_sub(start)?).ok()?..))
+            else {
+                continue;
+            };
+            own += 1;
+            // Optional endbr64, then push %rbp; mov %rsp,%rbp.
+            let code = code.strip_prefix(&[0xf3, 0x0f, 0x1e, 0xfa]).unwrap_or(code);
+            if code.starts_with(&[0x55, 0x48, 0x89, 0xe5]) {
+                with_fp += 1;
+            }
+        }
+        let share = if own == 0 { 0.0 } else { f64::from(with_fp) * 100.0 / f64::from(own) };
+        if own == 0 {
+            report.warn("frame pointers", "no Rust functions of its own to check", "nothing to do");
+        } else if share >= 80.0 {
+            report.ok("frame pointers", format!("{with_fp} of its {own} own functions set up a frame pointer"));
+        } else {
+            report.warn(
+                "frame pointers",
+                format!(
+                    "only {with_fp} of its {own} own functions ({share:.0}%) set up a frame pointer: \
+                     frame-pointer stacks (perf `--call-graph fp`, bpftrace `ustack`) will skip callers"
+                ),
+                "build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (`cargo xtask trace` does), or trace it \
+                 with `--call-graph dwarf`",
+            );
+        }
+    }
+    let dwarf = file.section_by_name(".debug_info").map_or(0, |s| s.size());
+    if dwarf > 0 {
+        report.ok("debuginfo", format!("{} of DWARF (.debug_info)", crate::fold::human_bytes(dwarf)));
+    } else {
+        report.warn(
+            "debuginfo",
+            "no .debug_info: names come from the symbol table alone (no inlined frames, no file:line)",
+            "add `debug = \"line-tables-only\"` to the profile you ship (`cargo xtask trace` builds with debuginfo)",
+        );
+    }
+}
