@@ -363,7 +363,7 @@ fn check_code(report: &mut Report, data: &[u8]) {
         let (mut own, mut with_fp) = (0u32, 0u32);
         for symbol in &functions {
             let Ok(name) = symbol.name() else { continue };
-            let demangled = crate::fold::demangle(name);
+            let demangled = crate::flame::demangle(name);
             // `<T as Trait>::f` may be the toolchain's for any crate's type:
             // only plain paths say whose code it is.
             let krate = demangled.split("::").next().unwrap_or_default();
@@ -407,7 +407,7 @@ fn check_code(report: &mut Report, data: &[u8]) {
     }
     let dwarf = file.section_by_name(".debug_info").map_or(0, |s| s.size());
     if dwarf > 0 {
-        report.ok("debuginfo", format!("{} of DWARF (.debug_info)", crate::fold::human_bytes(dwarf)));
+        report.ok("debuginfo", format!("{} of DWARF (.debug_info)", crate::flame::human_bytes(dwarf)));
     } else {
         report.warn(
             "debuginfo",

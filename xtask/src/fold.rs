@@ -1,187 +1,91 @@
-//! Folding weighted call stacks, rendering them with inferno, and the
-//! terminal summary. Shared by every backend, so they all produce the same
-//! `*.folded` format.
+//! `cargo xtask fold`: a `perf script` capture (or a `perf.data`) recorded
+//! elsewhere, such as on a production host by `scripts/perf-flamegraph.sh`,
+//! folded and rendered exactly as `cargo xtask trace` would.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Write as _};
-use std::path::Path;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::time::Instant;
 
-use anyhow::Context as _;
-use inferno::flamegraph::{self, color::BasicPalette, Palette};
+use anyhow::{bail, Context as _};
 
-/// The frame name used where a return address could not be symbolised.
-pub const UNKNOWN: &str = "[unknown]";
+use crate::trace::perf::{self, Script};
+use crate::trace::{self, Recording, Weight};
+use crate::util;
 
-/// Weighted stacks, folded: `root;...;leaf` → total weight.
-#[derive(Debug, Default)]
-pub struct Folded {
-    stacks: HashMap<String, u64>,
-    /// Probe hits seen (whatever their weight).
-    pub events: u64,
-    /// Sum of the weights.
-    pub total: u64,
-    /// Frames seen, and how many of them were [`UNKNOWN`].
-    pub frames: u64,
-    /// See `frames`.
-    pub unknown_frames: u64,
-    /// Stacks added (events, or distinct stacks when aggregated elsewhere).
-    pub stacks_added: u64,
+/// Options of `cargo xtask fold`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The capture: `perf script -F event,trace,ip,sym --no-demangle` output,
+    /// or a `perf.data` file (read with the local perf), or `-` for stdin.
+    #[arg(value_name = "INPUT")]
+    input: PathBuf,
+    /// The probe whose hits to fold.
+    #[arg(long, default_value = "alloc")]
+    event: String,
+    /// What each stack is weighted by.
+    #[arg(long, value_enum, default_value_t = Weight::Bytes)]
+    weight: Weight,
+    /// Where to write the flame graph; the folded stacks go next to it.
+    #[arg(short, long, default_value = "flamegraph.svg")]
+    output: PathBuf,
+    /// Echo the commands run.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
-impl Folded {
-    /// Adds one probe hit whose stack is `frames`, innermost first.
-    /// A zero weight counts the event but adds no stack.
-    pub fn add(&mut self, frames_leaf_first: &[String], weight: u64) {
-        self.events += 1;
-        self.add_stack(frames_leaf_first, weight);
-    }
-
-    /// Adds a stack already aggregated elsewhere (in the kernel, by
-    /// bpftrace): its total weight, without counting events (the caller sets
-    /// [`events`](Self::events)).
-    pub fn add_aggregate(&mut self, frames_leaf_first: &[String], weight: u64) {
-        self.add_stack(frames_leaf_first, weight);
-    }
-
-    fn add_stack(&mut self, frames_leaf_first: &[String], weight: u64) {
-        self.stacks_added += 1;
-        self.frames += frames_leaf_first.len() as u64;
-        self.unknown_frames += frames_leaf_first.iter().filter(|f| f.as_str() == UNKNOWN).count() as u64;
-        if weight == 0 {
-            return;
-        }
-        self.total += weight;
-        let mut key = String::new();
-        for (i, frame) in frames_leaf_first.iter().rev().enumerate() {
-            if i > 0 {
-                key.push(';');
-            }
-            // `;` separates frames in the folded format; Rust paths may hold it
-            // only inside array types (`[u8; 4]`).
-            key.push_str(&frame.replace(';', ","));
-        }
-        if key.is_empty() {
-            key.push_str(UNKNOWN);
-        }
-        *self.stacks.entry(key).or_default() += weight;
-    }
-
-    /// The folded lines, sorted by stack (inferno's expected order).
-    pub fn lines(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.stacks.iter().map(|(stack, weight)| format!("{stack} {weight}")).collect();
-        lines.sort();
-        lines
-    }
-
-    /// The heaviest stacks, heaviest first.
-    pub fn top(&self, n: usize) -> Vec<(&str, u64)> {
-        let mut all: Vec<(&str, u64)> = self.stacks.iter().map(|(s, w)| (s.as_str(), *w)).collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        all.truncate(n);
-        all
-    }
-
-    /// Share of frames that could not be symbolised, in percent.
-    pub fn unknown_percent(&self) -> f64 {
-        if self.frames == 0 {
-            0.0
-        } else {
-            100.0 * self.unknown_frames as f64 / self.frames as f64
-        }
-    }
-
-    /// Writes the folded file.
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let mut out = BufWriter::new(
-            File::create(path).with_context(|| format!("cannot write the folded stacks to {}", path.display()))?,
-        );
-        for line in self.lines() {
-            writeln!(out, "{line}")?;
-        }
-        out.flush().with_context(|| format!("cannot write {}", path.display()))
-    }
-
-    /// Renders the flame graph SVG with inferno's `mem` palette.
-    pub fn render(&self, path: &Path, title: &str, subtitle: &str, count_name: &str) -> anyhow::Result<()> {
-        let mut options = flamegraph::Options::default();
-        options.title = title.to_owned();
-        options.subtitle = Some(subtitle.to_owned());
-        options.count_name = count_name.to_owned();
-        options.colors = Palette::Basic(BasicPalette::Mem);
-        options.deterministic = true;
-        let file = File::create(path).with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
-        let lines = self.lines();
-        if lines.is_empty() {
-            anyhow::bail!("no stacks to draw: the traced program made no {count_name}-weighted probe hits");
-        }
-        flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), BufWriter::new(file))
-            .with_context(|| format!("inferno could not render {}", path.display()))
-    }
-}
-
-/// Where a folded stack allocated: its innermost frame that is not allocator
-/// machinery (`heapprobe::`, `__rust_alloc`, `alloc::`...), then up to two
-/// callers, as `site <- caller <- caller`.
-pub fn allocation_site(stack: &str) -> String {
-    const MACHINERY: [&str; 9] =
-        ["heapprobe::", "<heapprobe::", "__rust", "__rdl_", "alloc::", "<alloc::", "core::", "<core::", "std::alloc::"];
-    let frames: Vec<&str> = stack.rsplit(';').collect();
-    let site = frames.iter().position(|f| !MACHINERY.iter().any(|m| f.starts_with(m))).unwrap_or(0);
-    frames[site..].iter().take(3).copied().collect::<Vec<_>>().join(" <- ")
-}
-
-/// Short human form of a byte count.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// A Rust symbol without its hash (`{:#}`), or the symbol unchanged.
-pub fn demangle(symbol: &str) -> String {
-    match rustc_demangle::try_demangle(symbol) {
-        Ok(d) => format!("{d:#}"),
-        Err(_) => symbol.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stack(frames: &[&str]) -> Vec<String> {
-        frames.iter().map(|f| (*f).to_owned()).collect()
-    }
-
-    #[test]
-    fn folds_leaf_first_stacks_root_first_and_sums_weights() {
-        let mut folded = Folded::default();
-        folded.add(&stack(&["alloc", "make_vec", "main"]), 32);
-        folded.add(&stack(&["alloc", "make_vec", "main"]), 16);
-        folded.add(&stack(&["alloc", "[unknown]", "main"]), 8);
-        folded.add(&stack(&["alloc", "main"]), 0);
-        assert_eq!(folded.lines(), ["main;[unknown];alloc 8", "main;make_vec;alloc 48"]);
-        assert_eq!((folded.events, folded.total, folded.frames, folded.unknown_frames), (4, 56, 11, 1));
-        assert_eq!(folded.top(1), [("main;make_vec;alloc", 48)]);
-    }
-
-    #[test]
-    fn allocation_site_skips_allocator_machinery() {
-        assert_eq!(
-            allocation_site(
-                "main;it_works::make_report;alloc::raw_vec::finish_grow;__rustc::__rust_alloc;heapprobe::x"
-            ),
-            "it_works::make_report <- main"
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let text = read_capture(&args)?;
+    let Script { folded, lost, probes } = perf::parse_script(&text, args.weight, Some(&args.event));
+    if probes.is_empty() {
+        bail!(
+            "{} holds no probe hits: give `perf script -F {} --no-demangle` output, or the perf.data itself",
+            args.input.display(),
+            perf::SCRIPT_FIELDS
         );
     }
+    if folded.events == 0 {
+        let seen: Vec<String> = probes.iter().map(|(name, hits)| format!("{name} ({hits})")).collect();
+        bail!(
+            "no heapprobe:{} hits in {}; it holds: {} (pick one with --event)",
+            args.event,
+            args.input.display(),
+            seen.join(", ")
+        );
+    }
+    let recording = Recording { folded, lost, status: None };
+    let folded_path = args.output.with_extension("folded");
+    recording.folded.write(&folded_path)?;
+    let svg = (recording.folded.total > 0).then_some(args.output.as_path());
+    if let Some(svg) = svg {
+        let title =
+            format!("heapprobe: {}, heapprobe:{} by {}", args.input.display(), args.event, args.weight.count_name());
+        recording.folded.render(
+            svg,
+            &title,
+            &trace::summary_line(&recording.folded, args.weight),
+            args.weight.count_name(),
+        )?;
+    }
+    trace::print_summary(&recording, args.weight, &args.event, None, &folded_path, svg, started.elapsed());
+    if svg.is_none() {
+        bail!("nothing to weigh by {}: no flame graph written", args.weight.count_name());
+    }
+    Ok(())
+}
+
+/// The capture as `perf script` text.
+fn read_capture(args: &Args) -> anyhow::Result<String> {
+    if args.input.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("cannot read the capture from stdin")?;
+        return Ok(text);
+    }
+    let data = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
+    if data.starts_with(b"PERFILE2") {
+        let perf = util::require_tool("PERF", "perf", "linux-perf")?;
+        return perf::run_script(&perf, &args.input, args.verbose);
+    }
+    String::from_utf8(data)
+        .with_context(|| format!("{} is neither perf.data nor `perf script` text", args.input.display()))
 }

@@ -2,6 +2,7 @@
 //! file only parses the command line and dispatches.
 
 mod doctor;
+mod flame;
 mod fold;
 mod probes;
 mod target;
@@ -24,6 +25,9 @@ enum Command {
     /// Trace a test, binary or running process and write a byte-weighted
     /// allocation flame graph (flamegraph.svg).
     Trace(trace::Args),
+    /// Fold and render a `perf script` capture or perf.data recorded
+    /// elsewhere (such as by scripts/perf-flamegraph.sh on a production host).
+    Fold(fold::Args),
     /// List the SDT probes of a binary, a target or a running process
     /// (provider, name, address, file offset, semaphore, arguments).
     Probes(probes::Args),
@@ -38,6 +42,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Trace(args) => trace::run(args),
+        Command::Fold(args) => fold::run(args),
         Command::Probes(args) => probes::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Test(args) => test::run(args),

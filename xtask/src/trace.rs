@@ -2,7 +2,7 @@
 //! byte-weighted `flamegraph.svg`.
 
 mod bpftrace;
-mod perf;
+pub mod perf;
 mod symbols;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use heapprobe_sdt::{Binary, UprobeGroup};
 
-use crate::fold::{self, Folded};
+use crate::flame::{self, Folded};
 use crate::target::{self, TargetArgs};
 use crate::util::{self, Progress};
 
@@ -89,7 +89,8 @@ pub enum Weight {
 }
 
 impl Weight {
-    fn count_name(self) -> &'static str {
+    /// What the weight counts, for titles and summaries.
+    pub fn count_name(self) -> &'static str {
         match self {
             Weight::Bytes => "bytes",
             Weight::Count => "calls",
@@ -236,7 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let totals = summary_line(&recording.folded, weight);
     let title = format!("heapprobe: {label}, heapprobe:{} by {}", args.event, weight.count_name());
     if recording.folded.total == 0 {
-        print_summary(&recording, weight, &args, &folded_path, None, elapsed);
+        print_summary(&recording, weight, &args.event, args.pid, &folded_path, None, elapsed);
         bail!(
             "recorded {} heapprobe:{} events but nothing to weigh by {}: no flame graph written",
             recording.folded.events,
@@ -245,7 +246,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     recording.folded.render(&args.output, &title, &totals, weight.count_name())?;
-    print_summary(&recording, weight, &args, &folded_path, Some(&args.output), elapsed);
+    print_summary(&recording, weight, &args.event, args.pid, &folded_path, Some(&args.output), elapsed);
     match recording.status {
         Some(ended) if ended != Ended::Exited(0) => bail!(
             "the traced program ended badly ({ended}); the profile of what it allocated until then is in {}",
@@ -348,25 +349,29 @@ fn install_ctrlc_forwarding() -> anyhow::Result<()> {
     .context("cannot install the Ctrl-C handler")
 }
 
-fn summary_line(folded: &Folded, weight: Weight) -> String {
+/// `N events, X MiB (B bytes)`, or `N calls`.
+pub fn summary_line(folded: &Folded, weight: Weight) -> String {
     match weight {
         Weight::Count => format!("{} calls", folded.total),
-        _ => format!("{} events, {} ({} bytes)", folded.events, fold::human_bytes(folded.total), folded.total),
+        _ => format!("{} events, {} ({} bytes)", folded.events, flame::human_bytes(folded.total), folded.total),
     }
 }
 
-fn print_summary(
+/// The terminal summary: totals, how the target ended, lost events, the
+/// share of unknown frames, the top 10 stacks, and where the files are.
+pub fn print_summary(
     recording: &Recording,
     weight: Weight,
-    args: &Args,
+    event: &str,
+    pid: Option<u32>,
     folded_path: &Path,
     svg: Option<&Path>,
     elapsed: std::time::Duration,
 ) {
     let folded = &recording.folded;
     println!();
-    println!("heapprobe:{}: {} in {:.1} s", args.event, summary_line(folded, weight), elapsed.as_secs_f64());
-    match (&recording.status, args.pid) {
+    println!("heapprobe:{event}: {} in {:.1} s", summary_line(folded, weight), elapsed.as_secs_f64());
+    match (&recording.status, pid) {
         (Some(status), _) => println!("traced program: {status}"),
         (None, Some(pid)) if !Path::new(&format!("/proc/{pid}")).exists() => {
             println!("traced process {pid}: exited during the trace (the profile up to its exit is kept)")
@@ -399,9 +404,9 @@ fn print_summary(
             let share = 100.0 * w as f64 / folded.total.max(1) as f64;
             let amount = match weight {
                 Weight::Count => format!("{w}"),
-                _ => fold::human_bytes(w),
+                _ => flame::human_bytes(w),
             };
-            println!("  {amount:>10} {share:5.1}%  {}", fold::allocation_site(stack));
+            println!("  {amount:>10} {share:5.1}%  {}", flame::allocation_site(stack));
         }
     }
     println!("\nfolded stacks: {}", folded_path.display());

@@ -15,7 +15,7 @@ use heapprobe_sdt::{Binary, Site};
 
 use super::symbols::{parse_maps, Mapping, Symbolizer};
 use super::{Ended, Recording, Weight, RECORDER_PID};
-use crate::fold::Folded;
+use crate::flame::Folded;
 use crate::util::display;
 
 /// Distinct stacks bpftrace may keep (its map size).

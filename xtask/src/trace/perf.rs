@@ -2,6 +2,7 @@
 //! file offsets (never `perf probe sdt_…`, which perf 6.1 misplaces in
 //! rust-lld binaries), frame-pointer call stacks, then `perf script`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -10,7 +11,7 @@ use anyhow::{bail, Context as _};
 use heapprobe_sdt::UprobeGroup;
 
 use super::{CallGraph, Recording, Weight, RECORDER_PID};
-use crate::fold::{demangle, Folded, UNKNOWN};
+use crate::flame::{demangle, Folded, UNKNOWN};
 use crate::util::display;
 
 /// What to record.
@@ -97,8 +98,18 @@ pub fn fold(
     status: Option<super::Ended>,
     verbose: bool,
 ) -> anyhow::Result<Recording> {
+    let script = run_script(perf, data, verbose)?;
+    let Script { folded, lost, .. } = parse_script(&script, weight, None);
+    Ok(Recording { folded, lost, status })
+}
+
+/// The fields [`parse_script`] reads.
+pub const SCRIPT_FIELDS: &str = "event,trace,ip,sym";
+
+/// `perf script` over `data`, with the fields [`parse_script`] reads.
+pub fn run_script(perf: &str, data: &Path, verbose: bool) -> anyhow::Result<String> {
     let mut cmd = Command::new(perf);
-    cmd.args(["script", "--no-demangle", "--show-lost-events", "-F", "event,trace,ip,sym", "-i"]).arg(data);
+    cmd.args(["script", "--no-demangle", "--show-lost-events", "-F", SCRIPT_FIELDS, "-i"]).arg(data);
     if verbose {
         eprintln!("$ {}", display(&cmd));
     }
@@ -106,11 +117,21 @@ pub fn fold(
     if !out.status.success() {
         bail!("{:?} exited with {}: {}", display(&cmd), out.status, String::from_utf8_lossy(&out.stderr));
     }
-    let (folded, lost) = parse_script(&String::from_utf8_lossy(&out.stdout), weight);
-    Ok(Recording { folded, lost, status })
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Parses `perf script -F event,trace,ip,sym` output:
+/// A parsed `perf script` capture.
+pub struct Script {
+    /// The stacks of the chosen probe, folded.
+    pub folded: Folded,
+    /// Events perf lost.
+    pub lost: u64,
+    /// Every probe in the capture, with its number of hits.
+    pub probes: BTreeMap<String, u64>,
+}
+
+/// Parses `perf script -F event,trace,ip,sym` output, keeping the hits of
+/// `probe` (all hits if `None`):
 ///
 /// ```text
 /// heapprobe_1_trace0:alloc__0: (55d0c6e9f123) ptr=94367 size=32 align=8
@@ -118,17 +139,16 @@ pub fn fold(
 ///         55d0c6e9e000 [unknown]
 ///
 /// ```
-///
-/// Returns the folded stacks and the number of lost events.
-pub fn parse_script(text: &str, weight: Weight) -> (Folded, u64) {
+pub fn parse_script(text: &str, weight: Weight, probe: Option<&str>) -> Script {
     let mut folded = Folded::default();
     let mut lost = 0;
+    let mut probes = BTreeMap::new();
     let mut current: Option<(String, Vec<(String, u64)>)> = None;
     let mut frames: Vec<String> = Vec::new();
     let mut finish = |current: &mut Option<(String, Vec<(String, u64)>)>, frames: &mut Vec<String>| {
-        if let Some((probe, args)) = current.take() {
-            let get = |name: &str| args.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
-            folded.add(frames, weight.of(&probe, &get));
+        if let Some((name, args)) = current.take() {
+            let get = |arg: &str| args.iter().find(|(n, _)| n == arg).map(|(_, v)| *v);
+            folded.add(frames, weight.of(&name, &get));
         }
         frames.clear();
     };
@@ -151,16 +171,21 @@ pub fn parse_script(text: &str, weight: Weight) -> (Folded, u64) {
         // GROUP:EVENT: (addr) name=value ...
         let mut words = line.split_whitespace();
         let Some(event) = words.next().and_then(|e| e.strip_suffix(':')) else { continue };
-        let Some((_, probe)) = event.split_once(':') else { continue };
-        let probe = probe.rsplit_once("__").map_or(probe, |(name, _)| name).to_owned();
+        let Some((_, name)) = event.split_once(':') else { continue };
+        // `alloc__3` is the fourth site of `alloc`.
+        let name = name.rsplit_once("__").map_or(name, |(name, _)| name);
+        *probes.entry(name.to_owned()).or_insert(0) += 1;
+        if probe.is_some_and(|want| want != name) {
+            continue;
+        }
         let args = words
             .filter_map(|w| w.split_once('='))
             .filter_map(|(name, value)| parse_number(value).map(|v| (name.to_owned(), v)))
             .collect();
-        current = Some((probe, args));
+        current = Some((name.to_owned(), args));
     }
     finish(&mut current, &mut frames);
-    (folded, lost)
+    Script { folded, lost, probes }
 }
 
 /// `PERF_RECORD_LOST` lines (with `--show-lost-events`) carry a count.
@@ -212,7 +237,8 @@ heapprobe_9_trace0:alloc__1: (5581e4a0f0c7) ptr=94046 size=32 align=8
 
     #[test]
     fn perf_script_output_folds_by_bytes_and_by_count() {
-        let (folded, lost) = parse_script(SCRIPT, Weight::Bytes);
+        let Script { folded, lost, probes } = parse_script(SCRIPT, Weight::Bytes, None);
+        assert_eq!(probes.into_iter().collect::<Vec<_>>(), [(String::from("alloc"), 3)]);
         assert_eq!(lost, 0);
         assert_eq!(
             folded.lines(),
@@ -222,8 +248,8 @@ heapprobe_9_trace0:alloc__1: (5581e4a0f0c7) ptr=94046 size=32 align=8
             ]
         );
         assert_eq!((folded.events, folded.total, folded.unknown_frames), (3, 4160, 1));
-        let (by_count, _) = parse_script(SCRIPT, Weight::Count);
-        assert_eq!(by_count.total, 3);
+        assert_eq!(parse_script(SCRIPT, Weight::Count, None).folded.total, 3);
+        assert_eq!(parse_script(SCRIPT, Weight::Count, Some("dealloc")).folded.total, 0);
     }
 
     #[test]
@@ -235,7 +261,7 @@ g:realloc__0: (1) old_ptr=16 new_ptr=32 old_size=100 new_size=200 align=8
 g:realloc__0: (1) old_ptr=16 new_ptr=16 old_size=200 new_size=400 align=8
 \t    1 f
 ";
-        let (folded, _) = parse_script(script, Weight::Moved);
+        let folded = parse_script(script, Weight::Moved, None).folded;
         assert_eq!((folded.events, folded.total), (2, 100));
     }
 }

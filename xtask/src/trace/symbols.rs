@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _, SymbolKind};
 
-use crate::fold::UNKNOWN;
+use crate::flame::UNKNOWN;
 
 /// One executable mapping of a process, as `/proc/PID/maps` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,7 +125,7 @@ impl Symbolizer {
         symbols
             .as_ref()
             .and_then(|s| s.vaddr_of_offset(offset).and_then(|vaddr| s.name_at(vaddr)))
-            .map_or_else(|| String::from(UNKNOWN), crate::fold::demangle)
+            .map_or_else(|| String::from(UNKNOWN), crate::flame::demangle)
     }
 }
 
