@@ -1,6 +1,7 @@
 //! `cargo xtask`: heapprobe's automation. One module per subcommand; this
 //! file only parses the command line and dispatches.
 
+mod bench;
 mod doctor;
 mod flame;
 mod fold;
@@ -34,6 +35,9 @@ enum Command {
     /// Check that this machine can trace, and that a binary (a target,
     /// PATH or --pid) is traceable; prints the exact fix for each problem.
     Doctor(doctor::Args),
+    /// Measure what tracing costs: one workload untraced, under a bare
+    /// uprobe and under each backend, plus folding 1 million events.
+    Bench(bench::Args),
     /// Run the whole test suite: every feature set, the end-to-end tracing
     /// tests included (installs perf and bpftrace first when root).
     Test(test::Args),
@@ -46,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Probes(args) => probes::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -69,6 +69,7 @@ pub fn record(
     let mut maps = workload.pid.map(read_maps).unwrap_or_default();
     let mut ended = None;
     let mut output = String::new();
+    let mut blank_lines = 0;
     for line in BufReader::new(child.stdout.take().context("bpftrace's stdout")?).lines() {
         let line = line.context("reading bpftrace's output")?;
         if let Some(rest) = line.strip_prefix("heapprobe-exiting ") {
@@ -84,6 +85,21 @@ pub fn record(
             ended = Some(Ended::Exited(code as i32));
             continue;
         }
+        // Until bpftrace prints its maps (`@…`), stdout is the traced
+        // program's own: pass it on.
+        // (bpftrace ends its run with blank lines before the maps: held
+        // back until a line of the program's follows.)
+        if output.is_empty() && !line.starts_with('@') {
+            if line.is_empty() {
+                blank_lines += 1;
+            } else if verbose || !line.starts_with("Attaching ") {
+                for _ in 0..std::mem::take(&mut blank_lines) {
+                    println!();
+                }
+                println!("{line}");
+            }
+            continue;
+        }
         output.push_str(&line);
         output.push('\n');
     }
@@ -91,11 +107,17 @@ pub fn record(
     RECORDER_PID.store(0, Ordering::SeqCst);
     let status = status.context("waiting for bpftrace")?;
     let stderr = stderr_reader.join().unwrap_or_default();
-    let stderr: String = stderr.lines().filter(|l| !l.contains("RLIMIT_MEMLOCK")).collect::<Vec<_>>().join("\n");
+    // The traced program's stderr and bpftrace's own, minus bpftrace's
+    // routine lines (the memlock warning is moot: the limit was raised).
+    let stderr: String = stderr
+        .lines()
+        .filter(|l| verbose || !is_routine(l))
+        .collect::<Vec<_>>()
+        .join("\n");
     if !status.success() && !output.contains("@events") {
         bail!("{:?} exited with {status}: {}", display(&cmd), stderr.trim());
     }
-    if !stderr.trim().is_empty() && verbose {
+    if !stderr.trim().is_empty() {
         eprintln!("{}", stderr.trim());
     }
 
@@ -119,6 +141,15 @@ pub fn record(
         (None, None) => Some(Ended::Vanished),
     };
     Ok(Recording { folded, lost, status: ended })
+}
+
+/// bpftrace's lines that say nothing new: the memlock warning (the limit was
+/// raised), and its warnings about the bogus probe sites that code the
+/// linker discarded leaves (skipped; `cargo xtask probes` lists them).
+fn is_routine(line: &str) -> bool {
+    line.contains("RLIMIT_MEMLOCK")
+        || line.starts_with("Attaching ")
+        || (line.starts_with("WARNING: invalid address") && line.contains("for probe (heapprobe,"))
 }
 
 /// The bpftrace program.
