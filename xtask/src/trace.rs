@@ -215,11 +215,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     progress.step(&format!("recording {label} ({sites} probe sites of heapprobe:{}, {:?})", args.event, args.backend));
     let started = Instant::now();
+    // A live clock while attached to a service (a program run here shows its
+    // own output instead).
+    let ticker = match (args.pid, args.duration) {
+        (Some(_), Some(secs)) => progress.live(&format!("recording for {secs} s:")),
+        (Some(_), None) => progress.live("recording until Ctrl-C:"),
+        (None, _) => util::Ticker::default(),
+    };
     let (recording, work) = match args.backend {
-        Backend::Perf => record_with_perf(&args, &tool, &binary, &exe, &run_args, &progress)?,
+        Backend::Perf => record_with_perf(&args, &tool, &binary, &exe, &run_args, &progress, ticker)?,
         Backend::Bpftrace => {
             let workload = bpftrace::Workload { exe: &exe, args: &run_args, pid: args.pid, duration: args.duration };
-            (bpftrace::record(&tool, &binary, &args.event, args.weight, &workload, args.verbose)?, None)
+            let recording = bpftrace::record(&tool, &binary, &args.event, args.weight, &workload, args.verbose);
+            drop(ticker);
+            (recording?, None)
         }
     };
     let elapsed = started.elapsed();
@@ -264,6 +273,7 @@ fn record_with_perf(
     exe: &Path,
     run_args: &[String],
     progress: &Progress,
+    ticker: util::Ticker,
 ) -> anyhow::Result<(Recording, Option<PathBuf>)> {
     let mut group = UprobeGroup::new("trace")?;
     let added = group.add_probes(binary, PROVIDER, |name| name == args.event, heapprobe::probes::arg_names)?;
@@ -279,6 +289,7 @@ fn record_with_perf(
         &data,
         args.verbose,
     );
+    drop(ticker);
     // Kernel state is borrowed: the probes go as soon as recording ends.
     let removed = group.remove();
     let status = match recorded {
@@ -290,7 +301,9 @@ fn record_with_perf(
     };
     removed.context("could not remove the uprobes this run registered")?;
     progress.step("folding stacks");
+    let ticker = progress.live("perf script and folding:");
     let recording = perf::fold(perf, &data, args.weight, status, args.verbose)?;
+    drop(ticker);
     Ok((recording, Some(work)))
 }
 

@@ -176,4 +176,37 @@ impl Progress {
             eprintln!("[{}] {what}", self.step.get());
         }
     }
+
+    /// On a terminal, a line that counts the seconds `what` has been running
+    /// until the returned guard is dropped; elsewhere nothing.
+    pub fn live(&self, what: &str) -> Ticker {
+        if !self.tty {
+            return Ticker(None);
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let what = what.to_owned();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                eprint!("\r\x1b[K    {what} {:.0} s", started.elapsed().as_secs_f64());
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            eprint!("\r\x1b[K");
+        });
+        Ticker(Some((stop, thread)))
+    }
+}
+
+/// Stops [`Progress::live`]'s line when dropped.
+#[derive(Default)]
+pub struct Ticker(Option<(std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.0.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
 }

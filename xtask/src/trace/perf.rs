@@ -2,7 +2,7 @@
 //! file offsets (never `perf probe sdt_…`, which perf 6.1 misplaces in
 //! rust-lld binaries), frame-pointer call stacks, then `perf script`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -145,6 +145,7 @@ pub fn parse_script(text: &str, weight: Weight, probe: Option<&str>) -> Script {
     let mut probes = BTreeMap::new();
     let mut current: Option<(String, Vec<(String, u64)>)> = None;
     let mut frames: Vec<String> = Vec::new();
+    let mut names: HashMap<&str, String> = HashMap::new();
     let mut finish = |current: &mut Option<(String, Vec<(String, u64)>)>, frames: &mut Vec<String>| {
         if let Some((name, args)) = current.take() {
             let get = |arg: &str| args.iter().find(|(n, _)| n == arg).map(|(_, v)| *v);
@@ -159,7 +160,13 @@ pub fn parse_script(text: &str, weight: Weight, probe: Option<&str>) -> Script {
         }
         if line.starts_with(char::is_whitespace) {
             if current.is_some() {
-                frames.push(frame_name(line.trim()));
+                // Demangling is most of the parsing time: once per symbol.
+                let symbol = frame_symbol(line.trim());
+                let name = names.entry(symbol).or_insert_with(|| match symbol {
+                    "" | UNKNOWN => String::from(UNKNOWN),
+                    _ => demangle(symbol),
+                });
+                frames.push(name.clone());
             }
             continue;
         }
@@ -204,18 +211,14 @@ fn parse_number(value: &str) -> Option<u64> {
     }
 }
 
-/// `55d0c6e9f123 symbol+0x12 (dso)` → demangled `symbol`, or [`UNKNOWN`].
-fn frame_name(line: &str) -> String {
+/// `55d0c6e9f123 symbol+0x12 (dso)` → `symbol`.
+fn frame_symbol(line: &str) -> &str {
     let rest = line.split_once(char::is_whitespace).map_or("", |(_, rest)| rest.trim());
     let rest = match rest.rfind(" (") {
         Some(i) if rest.ends_with(')') => &rest[..i],
         _ => rest,
     };
-    let symbol = rest.rsplit_once("+0x").map_or(rest, |(s, _)| s).trim();
-    if symbol.is_empty() || symbol == UNKNOWN {
-        return String::from(UNKNOWN);
-    }
-    demangle(symbol)
+    rest.rsplit_once("+0x").map_or(rest, |(s, _)| s).trim()
 }
 
 #[cfg(test)]
