@@ -109,11 +109,7 @@ pub fn record(
     let stderr = stderr_reader.join().unwrap_or_default();
     // The traced program's stderr and bpftrace's own, minus bpftrace's
     // routine lines (the memlock warning is moot: the limit was raised).
-    let stderr: String = stderr
-        .lines()
-        .filter(|l| verbose || !is_routine(l))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let stderr: String = stderr.lines().filter(|l| verbose || !is_routine(l)).collect::<Vec<_>>().join("\n");
     if !status.success() && !output.contains("@events") {
         bail!("{:?} exited with {status}: {}", display(&cmd), stderr.trim());
     }
