@@ -67,18 +67,26 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 mod alloc;
-mod compat;
+pub mod compat;
+mod future;
 mod histogram;
 pub mod probes;
 mod scope;
 mod stats;
 mod tally;
+mod testing;
 mod thread;
 
 pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
-pub use crate::compat::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+pub use crate::future::MeasuredFuture;
 pub use crate::histogram::{Histogram, BUCKETS};
 pub use crate::stats::Stats;
+#[doc(hidden)]
+pub use crate::testing::__private;
+pub use crate::testing::{
+    assert_no_leaks, deny_allocations, expect, memory_measured, memory_measured_future, Bound, Expect, Instrumented,
+};
 
 /// The README's Rust examples run as doctests, so they cannot rot.
 #[cfg(doctest)]
