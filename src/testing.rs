@@ -138,16 +138,22 @@ pub async fn memory_measured_future<M: Instrumented + ?Sized, F: Future<Output =
 /// assert_eq!(s, 3);
 /// ```
 pub fn expect<M: Instrumented + ?Sized>(alloc: &M) -> Expect<'_, M::Inner> {
-    Expect { alloc: alloc.heapprobe(), limits: Vec::new(), no_calls: false, no_leaks: false }
+    Expect { alloc: alloc.heapprobe(), limits: [None; MAX_LIMITS], no_calls: false, no_leaks: false }
 }
+
+/// How many limits one [`Expect`] holds. They live in the builder itself,
+/// so that checking allocates nothing unless it fails: an `expect(..)` inside
+/// another measured scope adds nothing to it.
+const MAX_LIMITS: usize = 16;
 
 /// Expectations about a measured scope, built by [`expect`]. Nothing is
 /// measured until [`check`](Self::check) or
-/// [`check_future`](Self::check_future).
+/// [`check_future`](Self::check_future). Checking a scope that meets every
+/// expectation allocates nothing.
 #[must_use = "nothing is checked until `.check(...)` or `.check_future(...)`"]
 pub struct Expect<'a, A> {
     alloc: &'a Heapprobe<A>,
-    limits: Vec<Limit>,
+    limits: [Option<Limit>; MAX_LIMITS],
     no_calls: bool,
     no_leaks: bool,
 }
@@ -258,9 +264,10 @@ impl<'a, A> Expect<'a, A> {
         }
     }
 
-    fn verdict(&self, stats: &Stats, location: &Location<'_>, thread: &Thread) {
+    /// Every expectation with its measured value. Only called to report.
+    fn checks(&self, stats: &Stats) -> Vec<Check> {
         let mut checks = Vec::new();
-        for limit in &self.limits {
+        for limit in self.limits.iter().flatten() {
             let measured = (limit.get)(stats);
             checks.push(Check {
                 what: Label::Limit(limit.counter, limit.op, limit.value),
@@ -270,13 +277,20 @@ impl<'a, A> Expect<'a, A> {
         }
         if self.no_calls {
             let calls = allocator_calls(stats);
-            checks.push(Check { what: Label::Text("no allocator calls"), measured: calls as i128, ok: calls == 0 });
+            checks.push(Check { what: Label::Text("allocator_calls == 0"), measured: calls as i128, ok: calls == 0 });
         }
         if self.no_leaks {
             checks.extend(leak_checks(stats));
         }
-        if checks.iter().any(|c| !c.ok) {
-            fail("expect(..).check", stats, &checks, location, thread);
+        checks
+    }
+
+    fn verdict(&self, stats: &Stats, location: &Location<'_>, thread: &Thread) {
+        let holds = self.limits.iter().flatten().all(|l| l.op.holds((l.get)(stats), l.value as u128))
+            && (!self.no_calls || allocator_calls(stats) == 0)
+            && (!self.no_leaks || leak_checks(stats).iter().all(|c| c.ok));
+        if !holds {
+            fail("expect(..).check", stats, &self.checks(stats), "", location, thread);
         }
     }
 }
@@ -286,13 +300,15 @@ macro_rules! counters {
         impl<'a, A> Bound<'a, A> {
             $(
                 $(#[$doc])*
+                ///
+                /// # Panics
+                #[doc = concat!("If the builder already holds ", stringify!(16), " limits.")]
                 pub fn $name(mut self) -> Expect<'a, A> {
-                    self.expect.limits.push(Limit {
-                        counter: stringify!($name),
-                        get: $get,
-                        op: self.op,
-                        value: self.value,
-                    });
+                    let limit = Limit { counter: stringify!($name), get: $get, op: self.op, value: self.value };
+                    match self.expect.limits.iter_mut().find(|l| l.is_none()) {
+                        Some(free) => *free = Some(limit),
+                        None => panic!("heapprobe::expect holds at most {MAX_LIMITS} limits"),
+                    }
                     self.expect
                 }
             )+
@@ -376,13 +392,13 @@ pub fn deny_allocations<M: Instrumented + ?Sized, R>(alloc: &M, f: impl FnOnce()
     let (result, stats) = alloc.heapprobe().measure(f);
     let calls = allocator_calls(&stats);
     if calls != 0 {
-        let what = format!(
-            "{calls} allocator call{} where none are allowed: {} allocation{} ({}), {} reallocation{} (+{} / -{} B), \
-             {} deallocation{} ({} B), {} failure{}\n  allocation sizes (log2 buckets, lower bound: count): {}",
-            plural(calls as usize),
+        let notes = format!(
+            "  {} allocation{} ({} B), {} reallocation{} (+{} / -{} B), {} deallocation{} ({} B), {} failure{}\n  \
+             allocation sizes (log2 buckets, lower bound: count): {}\n  \
+             the allocating call sites are not recorded in the process: the trace below shows them\n",
             stats.allocations,
             plural(stats.allocations),
-            crate::stats::Bytes(stats.bytes_allocated.saturating_sub(stats.bytes_grown) as u128),
+            stats.bytes_allocated.saturating_sub(stats.bytes_grown),
             stats.reallocations,
             plural(stats.reallocations),
             stats.bytes_grown,
@@ -394,8 +410,8 @@ pub fn deny_allocations<M: Instrumented + ?Sized, R>(alloc: &M, f: impl FnOnce()
             plural(stats.allocation_failures),
             Sizes(&stats.size_histogram),
         );
-        let checks = [Check { what: Label::Owned(what), measured: calls as i128, ok: false }];
-        fail("deny_allocations", &stats, &checks, location, &std::thread::current());
+        let checks = [Check { what: Label::Text("allocator_calls == 0"), measured: calls as i128, ok: false }];
+        fail("deny_allocations", &stats, &checks, &notes, location, &std::thread::current());
     }
     result
 }
@@ -429,7 +445,7 @@ pub fn assert_no_leaks<M: Instrumented + ?Sized, R>(alloc: &M, f: impl FnOnce() 
     let (result, stats) = alloc.heapprobe().measure(f);
     let checks = leak_checks(&stats);
     if checks.iter().any(|c| !c.ok) {
-        fail("assert_no_leaks", &stats, &checks, location, &std::thread::current());
+        fail("assert_no_leaks", &stats, &checks, "", location, &std::thread::current());
     }
     result
 }
@@ -454,7 +470,6 @@ impl fmt::Display for Sizes<'_> {
 /// What a check says, for the report.
 enum Label {
     Text(&'static str),
-    Owned(String),
     Limit(&'static str, Op, usize),
 }
 
@@ -462,7 +477,6 @@ impl fmt::Display for Label {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Label::Text(text) => f.write_str(text),
-            Label::Owned(text) => f.write_str(text),
             Label::Limit(counter, op, value) => write!(f, "{counter} {} {value}", op.symbol()),
         }
     }
@@ -475,15 +489,17 @@ pub struct Check {
     ok: bool,
 }
 
-/// Panics with the report: every check with its measured value, the full
-/// [`Stats`], and the command that shows where the scope allocated.
-fn fail(api: &str, stats: &Stats, checks: &[Check], location: &Location<'_>, thread: &Thread) -> ! {
+/// Panics with the report: every check with its measured value, `notes`
+/// (whole lines), the full [`Stats`], and the command that shows where the
+/// scope allocated.
+fn fail(api: &str, stats: &Stats, checks: &[Check], notes: &str, location: &Location<'_>, thread: &Thread) -> ! {
     use fmt::Write;
     let mut report = format!("heapprobe: {api} failed at {location}\n");
     for check in checks {
         let verdict = if check.ok { "ok    " } else { "FAILED" };
         let _ = writeln!(report, "  {verdict}  {}   (measured {})", check.what, check.measured);
     }
+    report.push_str(notes);
     let _ = writeln!(report, "measured Stats of the scope:");
     for line in stats.to_string().lines() {
         let _ = writeln!(report, "  {line}");
@@ -541,7 +557,7 @@ pub mod __private {
     #[track_caller]
     pub fn verdict(stats: &Stats, checks: &[Check]) {
         if checks.iter().any(|c| !c.ok) {
-            fail("assert_allocations!", stats, checks, Location::caller(), &std::thread::current());
+            fail("assert_allocations!", stats, checks, "", Location::caller(), &std::thread::current());
         }
     }
 }
