@@ -37,7 +37,32 @@
 //! ```
 //!
 //! Code written for `stats_alloc` ports by changing its `use` line to
-//! `heapprobe` ([`Region`], [`StatsAlloc`], [`INSTRUMENTED_SYSTEM`]).
+//! `heapprobe` ([`Region`], [`StatsAlloc`], [`INSTRUMENTED_SYSTEM`]); code
+//! written for `stats_alloc_helper`, by importing from [`compat`] instead.
+//!
+//! # Allocation tests
+//!
+//! Built on measured scopes, so exact while the test harness runs other
+//! tests in parallel, and lock-free: [`memory_measured`],
+//! [`memory_measured_future`] (each poll measured on the thread that polls
+//! it), [`assert_allocations!`], the [`expect`] builder, [`deny_allocations`]
+//! for code that must not touch the allocator, and [`assert_no_leaks`]. A
+//! failure reports the full [`Stats`] next to each expectation, and the
+//! `cargo xtask trace --test NAME --event alloc_locked` command that shows
+//! where the scope allocated.
+//!
+//! ```
+//! # use heapprobe::Heapprobe;
+//! # use std::alloc::System;
+//! # #[global_allocator]
+//! # static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
+//! use heapprobe::{assert_allocations, deny_allocations, expect};
+//!
+//! let len = assert_allocations!(GLOBAL, { format!("{}", 42).len() }, allocations <= 1, current == 0);
+//! assert_eq!(len, 2);
+//! expect(&GLOBAL).exactly(1).allocations().no_leaks().check(|| drop(vec![0u8; 8]));
+//! deny_allocations(&GLOBAL, || 6 * 7);
+//! ```
 //!
 //! # Probes
 //!

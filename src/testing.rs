@@ -285,6 +285,7 @@ impl<'a, A> Expect<'a, A> {
         checks
     }
 
+    #[track_caller]
     fn verdict(&self, stats: &Stats, location: &Location<'_>, thread: &Thread) {
         let holds = self.limits.iter().flatten().all(|l| l.op.holds((l.get)(stats), l.value as u128))
             && (!self.no_calls || allocator_calls(stats) == 0)
@@ -491,7 +492,9 @@ pub struct Check {
 
 /// Panics with the report: every check with its measured value, `notes`
 /// (whole lines), the full [`Stats`], and the command that shows where the
-/// scope allocated.
+/// scope allocated. `#[track_caller]`, so that the harness's "panicked at"
+/// line names the test's line too (except after a future, polled elsewhere).
+#[track_caller]
 fn fail(api: &str, stats: &Stats, checks: &[Check], notes: &str, location: &Location<'_>, thread: &Thread) -> ! {
     use fmt::Write;
     let mut report = format!("heapprobe: {api} failed at {location}\n");
