@@ -1,5 +1,5 @@
 //! The test-facing API, on top of measured scopes: [`memory_measured`],
-//! [`memory_measured_future`], the [`expect`] builder, [`assert_allocations!`],
+//! [`memory_measured_future`], the [`expect`] builder, [`assert_allocations!`](crate::assert_allocations),
 //! [`deny_allocations`] and [`assert_no_leaks`].
 //!
 //! Everything here measures first and checks afterwards, outside the scope:
@@ -241,7 +241,7 @@ impl<'a, A> Expect<'a, A> {
     pub fn check<R>(self, f: impl FnOnce() -> R) -> R {
         let location = Location::caller();
         let (result, stats) = self.alloc.measure(f);
-        self.verdict(&stats, location, &std::thread::current());
+        self.verdict("expect(..).check", &stats, location, &std::thread::current());
         result
     }
 
@@ -259,7 +259,7 @@ impl<'a, A> Expect<'a, A> {
         let thread = std::thread::current();
         async move {
             let (output, stats) = self.alloc.measure_future(fut).await;
-            self.verdict(&stats, location, &thread);
+            self.verdict("expect(..).check_future", &stats, location, &thread);
             output
         }
     }
@@ -286,12 +286,12 @@ impl<'a, A> Expect<'a, A> {
     }
 
     #[track_caller]
-    fn verdict(&self, stats: &Stats, location: &Location<'_>, thread: &Thread) {
+    fn verdict(&self, api: &str, stats: &Stats, location: &Location<'_>, thread: &Thread) {
         let holds = self.limits.iter().flatten().all(|l| l.op.holds((l.get)(stats), l.value as u128))
             && (!self.no_calls || allocator_calls(stats) == 0)
             && (!self.no_leaks || leak_checks(stats).iter().all(|c| c.ok));
         if !holds {
-            fail("expect(..).check", stats, &self.checks(stats), "", location, thread);
+            fail(api, stats, &self.checks(stats), "", location, thread);
         }
     }
 }
@@ -303,7 +303,7 @@ macro_rules! counters {
                 $(#[$doc])*
                 ///
                 /// # Panics
-                #[doc = concat!("If the builder already holds ", stringify!(16), " limits.")]
+                /// If the builder already holds 16 limits.
                 pub fn $name(mut self) -> Expect<'a, A> {
                     let limit = Limit { counter: stringify!($name), get: $get, op: self.op, value: self.value };
                     match self.expect.limits.iter_mut().find(|l| l.is_none()) {
@@ -483,7 +483,7 @@ impl fmt::Display for Label {
     }
 }
 
-/// One expectation and how it fared (public only for [`assert_allocations!`]).
+/// One expectation and how it fared (public only for [`assert_allocations!`](crate::assert_allocations)).
 pub struct Check {
     what: Label,
     measured: i128,
@@ -541,7 +541,7 @@ fn test_name(thread: &Thread) -> String {
     }
 }
 
-/// Support for [`assert_allocations!`]; not a stable API.
+/// Support for [`assert_allocations!`](crate::assert_allocations); not a stable API.
 pub mod __private {
     use super::*;
 

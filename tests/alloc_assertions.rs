@@ -416,3 +416,19 @@ fn readme_shows_the_example_test_file() {
     let after = readme.split("\n## Allocation tests\n").nth(1).unwrap();
     assert!(after.contains("\n## Feature flags\n"), "`## Allocation tests` comes right before `## Feature flags`");
 }
+
+#[test]
+fn expect_holds_sixteen_limits_and_says_so_at_the_seventeenth() {
+    let mut e = expect(&GLOBAL);
+    for _ in 0..16 {
+        e = e.at_most(1).allocations();
+    }
+    e.check(|| drop(black_box(Box::new(1u8))));
+    let message = panic_message(|| {
+        let mut e = expect(&GLOBAL);
+        for _ in 0..17 {
+            e = e.at_most(1).allocations();
+        }
+    });
+    assert_eq!(message, "heapprobe::expect holds at most 16 limits");
+}

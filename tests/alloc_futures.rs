@@ -398,7 +398,7 @@ fn check_future_reports_the_stats_and_the_trace_command_of_the_test() {
         Some(name) if name != "main" => name.to_owned(),
         _ => String::from("alloc_futures"),
     };
-    assert!(message.starts_with("heapprobe: expect(..).check failed at tests/alloc_futures.rs:"), "{message}");
+    assert!(message.starts_with("heapprobe: expect(..).check_future failed at tests/alloc_futures.rs:"), "{message}");
     assert!(message.contains("\n  FAILED  allocations <= 1   (measured 2)\n"), "{message}");
     assert!(message.contains("\n  FAILED  current == 0   (measured 7)\n"), "{message}");
     assert!(message.contains("measured Stats of the scope:\n  allocations               2  10 B\n"), "{message}");
