@@ -161,6 +161,15 @@ async fn test_tokio_sleep() {
             bytes_reallocated: 0
         }
     );
+
+    // Positive control: the same sleep around an allocation registers it.
+    let control = memory_measured_future(&GLOBAL, async move {
+        let v = vec![0u8; 33];
+        tokio::time::sleep(duration).await;
+        drop(v);
+    })
+    .await;
+    assert_eq!((control.allocations, control.deallocations, control.bytes_allocated), (1, 1, 33));
 }
 
 #[test]
