@@ -37,7 +37,32 @@
 //! ```
 //!
 //! Code written for `stats_alloc` ports by changing its `use` line to
-//! `heapprobe` ([`Region`], [`StatsAlloc`], [`INSTRUMENTED_SYSTEM`]).
+//! `heapprobe` ([`Region`], [`StatsAlloc`], [`INSTRUMENTED_SYSTEM`]); code
+//! written for `stats_alloc_helper`, by importing from [`compat`] instead.
+//!
+//! # Allocation tests
+//!
+//! Built on measured scopes, so exact while the test harness runs other
+//! tests in parallel, and lock-free: [`memory_measured`],
+//! [`memory_measured_future`] (each poll measured on the thread that polls
+//! it), [`assert_allocations!`], the [`expect`] builder, [`deny_allocations`]
+//! for code that must not touch the allocator, and [`assert_no_leaks`]. A
+//! failure reports the full [`Stats`] next to each expectation, and the
+//! `cargo xtask trace --test NAME --event alloc_locked` command that shows
+//! where the scope allocated.
+//!
+//! ```
+//! # use heapprobe::Heapprobe;
+//! # use std::alloc::System;
+//! # #[global_allocator]
+//! # static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
+//! use heapprobe::{assert_allocations, deny_allocations, expect};
+//!
+//! let len = assert_allocations!(GLOBAL, { format!("{}", 42).len() }, allocations <= 1, current == 0);
+//! assert_eq!(len, 2);
+//! expect(&GLOBAL).exactly(1).allocations().no_leaks().check(|| drop(vec![0u8; 8]));
+//! deny_allocations(&GLOBAL, || 6 * 7);
+//! ```
 //!
 //! # Probes
 //!
@@ -67,18 +92,26 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 mod alloc;
-mod compat;
+pub mod compat;
+mod future;
 mod histogram;
 pub mod probes;
 mod scope;
 mod stats;
 mod tally;
+mod testing;
 mod thread;
 
 pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
-pub use crate::compat::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+pub use crate::future::MeasuredFuture;
 pub use crate::histogram::{Histogram, BUCKETS};
 pub use crate::stats::Stats;
+#[doc(hidden)]
+pub use crate::testing::__private;
+pub use crate::testing::{
+    assert_no_leaks, deny_allocations, expect, memory_measured, memory_measured_future, Bound, Expect, Instrumented,
+};
 
 /// The README's Rust examples run as doctests, so they cannot rot.
 #[cfg(doctest)]

@@ -24,3 +24,10 @@ fn region_example_from_stats_alloc() {
     let _ = StatsAlloc::system();
     let _: heapprobe::Stats = GLOBAL.stats();
 }
+
+#[test]
+fn memory_measured_takes_the_stats_alloc_static_and_counts_only_this_thread() {
+    let stats = heapprobe::memory_measured(GLOBAL, || drop(Vec::<u8>::with_capacity(1024)));
+    assert_eq!((stats.allocations, stats.deallocations, stats.bytes_allocated), (1, 1, 1024));
+    assert_eq!(stats.size_histogram.count_for(1024), 1);
+}
