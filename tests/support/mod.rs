@@ -89,11 +89,22 @@ pub fn build_fixture(linker: Linker, backend: Backend) -> PathBuf {
     exe
 }
 
-/// Asserts that no uprobe of ours is left registered.
+/// Asserts that no heapprobe uprobe is left registered by this process or by
+/// one that has exited (such as an xtask run). Groups are named
+/// `heapprobe_PID_…` after the process that registered them; those of other
+/// live processes (a trace running beside the tests) are not ours to judge.
 pub fn assert_no_heapprobe_uprobes() {
     let tracefs = heapprobe_sdt::tracefs().expect("tracefs");
     let events = std::fs::read_to_string(tracefs.join("uprobe_events")).unwrap_or_default();
-    let ours: Vec<&str> = events.lines().filter(|l| l.contains(heapprobe_sdt::GROUP_PREFIX)).collect();
+    let left_behind = |line: &&str| {
+        let Some(at) = line.find(heapprobe_sdt::GROUP_PREFIX) else { return false };
+        let pid = line[at + heapprobe_sdt::GROUP_PREFIX.len()..].split('_').next().and_then(|p| p.parse::<u32>().ok());
+        match pid {
+            Some(pid) => pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists(),
+            None => true,
+        }
+    };
+    let ours: Vec<&str> = events.lines().filter(left_behind).collect();
     assert!(ours.is_empty(), "uprobes left behind: {ours:#?}");
 }
 
