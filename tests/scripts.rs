@@ -616,3 +616,113 @@ fn readme_one_liners_give_the_known_answers() {
     assert!(report["thread hp-worker"] >= 10 * 5000);
     assert_eq!(report["thread main"] + report["thread hp-worker"], report["alloc_bytes"]);
 }
+
+/// The byte at file offset `offset` of `exe` as mapped in process `pid`.
+fn mapped_byte(pid: u32, exe: &Path, offset: u64) -> Option<u8> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let exe = exe.canonicalize().ok()?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let address = maps.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6 || Path::new(f[5]) != exe {
+            return None;
+        }
+        let (start, end) = f[0].split_once('-')?;
+        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+        let map_offset = u64::from_str_radix(f[2], 16).ok()?;
+        (map_offset <= offset && offset < map_offset + (end - start)).then(|| start + offset - map_offset)
+    })?;
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    mem.seek(SeekFrom::Start(address)).ok()?;
+    let mut byte = [0u8];
+    mem.read_exact(&mut byte).ok()?;
+    Some(byte[0])
+}
+
+fn heapprobe_sh_uprobes() -> Vec<String> {
+    let tracefs = heapprobe_sdt::tracefs().expect("tracefs");
+    let events = std::fs::read_to_string(tracefs.join("uprobe_events")).unwrap_or_default();
+    events.lines().filter(|l| l.contains("heapprobe_sh_")).map(str::to_owned).collect()
+}
+
+#[test]
+fn perf_flamegraph_places_probes_right_in_a_rust_lld_binary_and_removes_them() {
+    let test = "perf_flamegraph_places_probes_right_in_a_rust_lld_binary_and_removes_them";
+    if !support::tracing_available(test, &["perf", "readelf"]) {
+        return;
+    }
+    let exe = support::build_fixture_with_frame_pointers();
+    let _turn = turn();
+    // The default linker's layout is the one perf 6.1's `perf probe sdt_…`
+    // gets 4 KiB wrong (and crashes the target with).
+    let binary = heapprobe_sdt::Binary::open(&exe).unwrap();
+    assert!(binary.code_offset_differs(), "rust-lld layout expected: {:#?}", binary.segments);
+    let sites: Vec<u64> = binary
+        .probes
+        .iter()
+        .filter(|p| p.provider == "heapprobe" && p.name == "alloc")
+        .filter_map(|p| match p.site {
+            heapprobe_sdt::Site::Valid { offset, .. } => Some(offset),
+            heapprobe_sdt::Site::Bogus(_) => None,
+        })
+        .collect();
+    let bogus = binary.probes.iter().filter(|p| p.provider == "heapprobe" && p.name == "alloc").count() - sites.len();
+    assert!(!sites.is_empty());
+
+    let tmp = support::TempDir::new("perf-flamegraph");
+    let mut fixture = Fixture::start(&exe, false);
+    let pid = fixture.pid();
+    let mut cmd = Command::new(scripts_dir().join("perf-flamegraph.sh"));
+    cmd.arg(pid.to_string()).arg("6").env("OUT", tmp.path());
+    let tracer = Tracer::start(cmd, "Recording for 6 s");
+    // "Recording" comes once perf's events are enabled. Every valid site
+    // now holds an int3: the probes sit on the nops, not 4 KiB off.
+    let armed: Vec<Option<u8>> = sites.iter().map(|&s| mapped_byte(pid, &exe, s)).collect();
+    assert!(armed.iter().all(|b| *b == Some(0xcc)), "sites {sites:x?} hold {armed:x?}");
+    fixture.release();
+    let report = fixture.report();
+    let out = tracer.finish();
+    assert!(out.status.success(), "exited with {}: {}\n{}", out.status, out.stderr, out.stdout);
+    check_widths("perf-flamegraph.sh", &out.stdout);
+    assert!(
+        out.stdout
+            .contains(&format!("Tracing PID {pid}: {} sites of heapprobe:alloc ({bogus} bogus skipped).", sites.len())),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!("heapprobe:alloc: {ALLOCS} events, {ALLOC_BYTES} bytes")),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!((report["allocations"], report["alloc_bytes"]), (ALLOCS, ALLOC_BYTES));
+    assert!(tmp.path().join("perf.data").metadata().unwrap().len() > 0);
+    let folded = std::fs::read_to_string(tmp.path().join("alloc.folded")).unwrap();
+    let weight = |frame: &str| -> u64 {
+        folded
+            .lines()
+            .filter(|l| l.split(';').any(|f| f == frame || f.starts_with(&format!("{frame} "))))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(weight("heapprobe_fixture::known_pattern"), KNOWN_PATTERN_BYTES, "{folded}");
+    assert_eq!(weight("heapprobe_fixture::leak_here"), LEAK_BYTES, "{folded}");
+    assert_eq!(weight("heapprobe-fixtu"), ALLOC_BYTES, "{folded}");
+    assert!(heapprobe_sh_uprobes().is_empty(), "{:?}", heapprobe_sh_uprobes());
+    // The target did not crash: it still answers, and exits cleanly.
+    fixture.exit();
+
+    // Killed while recording (TERM), it still removes its probes.
+    let fixture = Fixture::start(&exe, false);
+    let mut cmd = Command::new(scripts_dir().join("perf-flamegraph.sh"));
+    cmd.arg(fixture.pid().to_string()).arg("60").env("OUT", tmp.path());
+    let tracer = Tracer::start(cmd, "Recording for 60 s");
+    assert!(!heapprobe_sh_uprobes().is_empty(), "no probes registered while recording");
+    // SAFETY: kill has no memory effects; the pid is our child's.
+    assert_eq!(unsafe { libc::kill(i32::try_from(tracer.child.id()).unwrap(), libc::SIGTERM) }, 0);
+    let out = tracer.finish();
+    assert!(!out.status.success(), "TERM should end it with a failure status");
+    assert!(heapprobe_sh_uprobes().is_empty(), "left behind after TERM: {:?}", heapprobe_sh_uprobes());
+    fixture.exit();
+}
