@@ -44,8 +44,10 @@
 # without, each stack stops after a frame or two (or use CALLGRAPH=dwarf).
 #
 # Overhead: each probe hit traps into the kernel and writes a sample with
-# its stack to the perf buffer: several microseconds per call on the
-# development VM. Busy processes can lose samples; perf reports "lost".
+# its stack to perf's buffer. Measured on the 2-core development VM (perf
+# 6.1), on a loop of 1000 allocs + 1000 frees of 4 KiB that takes 294 us
+# untraced: 4652 us while recording alloc, about 4.4 us per allocation (16x
+# on that loop). Busy processes can lose samples: perf then says "lost".
 set -u
 
 die() {
