@@ -57,7 +57,7 @@ fn scripts_use_only_defined_probes() {
     let Ok(entries) = fs::read_dir(root().join("scripts")) else { return };
     for entry in entries {
         let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "bt") {
+        if path.file_name().is_some_and(|n| n == "README.md") {
             continue;
         }
         let text = fs::read_to_string(&path).unwrap();
@@ -65,6 +65,14 @@ fn scripts_use_only_defined_probes() {
             let name: String =
                 text[i + ":heapprobe:".len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
             assert!(PROBES.iter().any(|(n, _)| *n == name), "{}: unknown probe heapprobe:{name}", path.display());
+        }
+        // perf-flamegraph.sh takes a probe name and knows each one's weight.
+        if path.file_name().is_some_and(|n| n == "perf-flamegraph.sh") {
+            let cases = text.split("case $event in").nth(1).and_then(|t| t.split("esac").next()).unwrap_or_default();
+            let words: Vec<&str> = cases.split(|c: char| !(c.is_alphanumeric() || c == '_')).collect();
+            for (name, _) in PROBES {
+                assert!(words.contains(name), "perf-flamegraph.sh's `case $event in` does not handle heapprobe:{name}");
+            }
         }
     }
 }
@@ -87,5 +95,41 @@ fn this_binary_has_the_probes_of_its_backend() {
         for probe in binary.valid_probes(Some("heapprobe")).filter(|p| p.name == *name) {
             assert_eq!(probe.args().unwrap().len(), args.len(), "{name}: {}", probe.arguments);
         }
+    }
+}
+
+/// Every program in `scripts/` starts with a bpftrace-tools-style header
+/// (`NAME<TAB>purpose`, USAGE, an example output, the overhead) and has its
+/// one-line entry in `scripts/README.md`, which lists nothing else.
+#[test]
+fn every_script_has_its_header_and_an_index_line() {
+    let dir = root().join("scripts");
+    let index = fs::read_to_string(dir.join("README.md")).unwrap();
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name == "README.md" {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        let header: String =
+            text.lines().take_while(|l| !l.trim().is_empty() || l.starts_with('#')).collect::<Vec<_>>().join("\n");
+        let comment = if name.ends_with(".bt") { " * " } else { "# " };
+        assert!(header.contains(&format!("{comment}{name}\t")), "{name}: no `{comment}{name}<TAB>purpose` header line");
+        for part in ["USAGE: ", "Example output", "Overhead: "] {
+            assert!(header.contains(part), "{name}: its header has no {part:?}");
+        }
+        if name.ends_with(".bt") {
+            assert!(text.contains("printf(\"Tracing PID %d"), "{name}: no \"Tracing PID …\" banner");
+            assert!(text.contains("Hit Ctrl-C to end."), "{name}: the banner must say how to end it");
+            assert!(text.contains("Bounds: "), "{name}: its header does not say what bounds its maps");
+        }
+        let line = format!("- `{name}`: ");
+        assert_eq!(index.matches(&line).count(), 1, "scripts/README.md needs one line starting {line:?}");
+        names.push(name);
+    }
+    for listed in index.lines().filter_map(|l| l.strip_prefix("- `")).filter_map(|l| l.split_once("`: ")) {
+        assert!(names.iter().any(|n| *n == listed.0), "scripts/README.md lists {} which does not exist", listed.0);
     }
 }

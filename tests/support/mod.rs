@@ -128,3 +128,19 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Builds the fixture as `cargo xtask trace` builds programs: the `trace`
+/// profile (debuginfo) with frame pointers, in `target/trace/`, so that
+/// bpftrace's `ustack` walks it. Returns the executable's path.
+pub fn build_fixture_with_frame_pointers() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--profile", "trace"])
+        .env("RUSTFLAGS", "-C force-frame-pointers=yes")
+        .current_dir(root())
+        .status()
+        .expect("failed to run cargo build for the fixture");
+    assert!(status.success(), "cargo build of the fixture with frame pointers exited with {status}");
+    let exe = root().join("target/trace/heapprobe-fixture");
+    assert!(exe.exists(), "{} missing after build", exe.display());
+    exe
+}
