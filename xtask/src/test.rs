@@ -8,7 +8,8 @@ use anyhow::bail;
 use crate::util::{display, exec, has_tool, is_root, project_root};
 
 /// The system packages the tracing tests need, by the program they provide.
-const TOOLS: [(&str, &str); 3] = [("perf", "linux-perf"), ("bpftrace", "bpftrace"), ("ld.bfd", "binutils")];
+const TOOLS: [(&str, &str); 4] =
+    [("perf", "linux-perf"), ("bpftrace", "bpftrace"), ("ld.bfd", "binutils"), ("rustfilt", "rustfilt")];
 
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
