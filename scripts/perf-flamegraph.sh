@@ -262,6 +262,10 @@ elif command -v flamegraph.pl >/dev/null 2>&1; then
 else
 	echo "No inferno-flamegraph here. For the SVG, on any machine with cargo:"
 	echo "  cargo install inferno && inferno-flamegraph < $event.folded > $event.svg"
+	echo "or, in a heapprobe checkout (same SVG and summary as cargo xtask trace),"
+	echo "with a capture made here, where the binary's symbols are:"
+	echo "  $perf script -F event,trace,ip,sym --no-demangle -i $data > $event.txt"
+	echo "  cargo xtask fold $event.txt --event $event"
 	echo "Or browse the recording here:"
 	echo "  $perf report -i $data"
 fi

@@ -27,12 +27,14 @@ pub struct Folded {
     pub unknown_frames: u64,
     /// Stacks added (events, or distinct stacks when aggregated elsewhere).
     pub stacks_added: u64,
+    /// Scratch space for building keys.
+    key: String,
 }
 
 impl Folded {
     /// Adds one probe hit whose stack is `frames`, innermost first.
     /// A zero weight counts the event but adds no stack.
-    pub fn add(&mut self, frames_leaf_first: &[String], weight: u64) {
+    pub fn add(&mut self, frames_leaf_first: &[impl AsRef<str>], weight: u64) {
         self.events += 1;
         self.add_stack(frames_leaf_first, weight);
     }
@@ -40,31 +42,44 @@ impl Folded {
     /// Adds a stack already aggregated elsewhere (in the kernel, by
     /// bpftrace): its total weight, without counting events (the caller sets
     /// [`events`](Self::events)).
-    pub fn add_aggregate(&mut self, frames_leaf_first: &[String], weight: u64) {
+    pub fn add_aggregate(&mut self, frames_leaf_first: &[impl AsRef<str>], weight: u64) {
         self.add_stack(frames_leaf_first, weight);
     }
 
-    fn add_stack(&mut self, frames_leaf_first: &[String], weight: u64) {
+    fn add_stack(&mut self, frames_leaf_first: &[impl AsRef<str>], weight: u64) {
         self.stacks_added += 1;
         self.frames += frames_leaf_first.len() as u64;
-        self.unknown_frames += frames_leaf_first.iter().filter(|f| f.as_str() == UNKNOWN).count() as u64;
+        self.unknown_frames += frames_leaf_first.iter().filter(|f| f.as_ref() == UNKNOWN).count() as u64;
         if weight == 0 {
             return;
         }
         self.total += weight;
-        let mut key = String::new();
+        // One buffer for every key: a million events are folded with about
+        // as many allocations as there are distinct stacks.
+        let key = &mut self.key;
+        key.clear();
         for (i, frame) in frames_leaf_first.iter().rev().enumerate() {
             if i > 0 {
                 key.push(';');
             }
             // `;` separates frames in the folded format; Rust paths may hold it
             // only inside array types (`[u8; 4]`).
-            key.push_str(&frame.replace(';', ","));
+            let frame = frame.as_ref();
+            if frame.contains(';') {
+                key.push_str(&frame.replace(';', ","));
+            } else {
+                key.push_str(frame);
+            }
         }
         if key.is_empty() {
             key.push_str(UNKNOWN);
         }
-        *self.stacks.entry(key).or_default() += weight;
+        match self.stacks.get_mut(key.as_str()) {
+            Some(total) => *total += weight,
+            None => {
+                self.stacks.insert(key.clone(), weight);
+            }
+        }
     }
 
     /// The folded lines, sorted by stack (inferno's expected order).

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context as _};
@@ -149,13 +150,14 @@ pub fn parse_script(text: &str, weight: Weight, probe: Option<&str>) -> Script {
     let mut folded = Folded::default();
     let mut lost = 0;
     let mut probes = BTreeMap::new();
-    let mut current: Option<(String, Vec<(String, u64)>)> = None;
-    let mut frames: Vec<String> = Vec::new();
-    let mut names: HashMap<&str, String> = HashMap::new();
-    let mut finish = |current: &mut Option<(String, Vec<(String, u64)>)>, frames: &mut Vec<String>| {
+    // The event being read: its probe and arguments, borrowed from `text`.
+    let mut current: Option<(&str, Vec<(&str, u64)>)> = None;
+    let mut frames: Vec<Rc<str>> = Vec::new();
+    let mut names: HashMap<&str, Rc<str>> = HashMap::new();
+    let mut finish = |current: &mut Option<(&str, Vec<(&str, u64)>)>, frames: &mut Vec<Rc<str>>| {
         if let Some((name, args)) = current.take() {
-            let get = |arg: &str| args.iter().find(|(n, _)| n == arg).map(|(_, v)| *v);
-            folded.add(frames, weight.of(&name, &get));
+            let get = |arg: &str| args.iter().find(|(n, _)| *n == arg).map(|(_, v)| *v);
+            folded.add(frames, weight.of(name, &get));
         }
         frames.clear();
     };
@@ -169,8 +171,8 @@ pub fn parse_script(text: &str, weight: Weight, probe: Option<&str>) -> Script {
                 // Demangling is most of the parsing time: once per symbol.
                 let symbol = frame_symbol(line.trim());
                 let name = names.entry(symbol).or_insert_with(|| match symbol {
-                    "" | UNKNOWN => String::from(UNKNOWN),
-                    _ => demangle(symbol),
+                    "" | UNKNOWN => Rc::from(UNKNOWN),
+                    _ => Rc::from(demangle(symbol)),
                 });
                 frames.push(name.clone());
             }
@@ -193,9 +195,9 @@ pub fn parse_script(text: &str, weight: Weight, probe: Option<&str>) -> Script {
         }
         let args = words
             .filter_map(|w| w.split_once('='))
-            .filter_map(|(name, value)| parse_number(value).map(|v| (name.to_owned(), v)))
+            .filter_map(|(name, value)| parse_number(value).map(|v| (name, v)))
             .collect();
-        current = Some((name.to_owned(), args));
+        current = Some((name, args));
     }
     finish(&mut current, &mut frames);
     Script { folded, lost, probes }
