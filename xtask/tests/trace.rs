@@ -159,6 +159,13 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
     let out = xtask().args(["trace", "--test", "it_works", "-o", o]).env("PERF", "/nonexistent/perf").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("$PERF is \"/nonexistent/perf\", which does not run"));
+    let out = xtask()
+        .args(["trace", "--backend", "bpftrace", "--test", "it_works", "-o", o])
+        .env("BPFTRACE", "/nonexistent/bpftrace")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("$BPFTRACE is \"/nonexistent/bpftrace\", which does not run"));
     // Not root and no capabilities: says what is needed.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
