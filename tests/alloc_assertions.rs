@@ -7,10 +7,12 @@
 use std::alloc::System;
 use std::hint::black_box;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant};
+
+mod support;
+
+use support::Noise;
 
 use heapprobe::{assert_allocations, assert_no_leaks, deny_allocations, expect, memory_measured, Heapprobe, Stats};
 
@@ -40,76 +42,10 @@ fn expected_trace_command() -> String {
     format!("cargo xtask trace --test {name} --event alloc_locked")
 }
 
-/// Threads that allocate and free in a loop until dropped.
-struct Noise {
-    stop: Arc<AtomicBool>,
-    rounds: Arc<AtomicU64>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Noise {
-    /// Returns once every thread has completed a round.
-    fn start(n: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let rounds = Arc::new(AtomicU64::new(0));
-        let started = Arc::new(Barrier::new(n + 1));
-        let threads = (0..n)
-            .map(|i| {
-                let (stop, rounds, started) = (stop.clone(), rounds.clone(), started.clone());
-                thread::spawn(move || {
-                    let mut first = true;
-                    let mut keep = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let v: Vec<u8> = black_box(vec![i as u8; 16 + i * 24]);
-                        let s = black_box(format!("{i}-{}", v.len()));
-                        keep.push(s);
-                        if keep.len() > 64 {
-                            keep.clear();
-                        }
-                        rounds.fetch_add(1, Ordering::Relaxed);
-                        if std::mem::take(&mut first) {
-                            started.wait();
-                        }
-                    }
-                })
-            })
-            .collect();
-        started.wait();
-        Self { stop, rounds, threads }
-    }
-
-    fn rounds(&self) -> u64 {
-        self.rounds.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Noise {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            t.join().unwrap();
-        }
-    }
-}
-
-/// Runs `measure` 1000 times, and more until the noise threads completed
-/// another 1000 rounds, so the measurements really overlapped with them.
-fn thousand_times_under(noise: &Noise, mut measure: impl FnMut()) -> usize {
-    let before = noise.rounds();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut runs = 0;
-    while runs < 1000 || noise.rounds() < before + 1000 {
-        measure();
-        runs += 1;
-        assert!(Instant::now() < deadline, "the noise threads made no progress in 120 s");
-    }
-    runs
-}
-
 #[test]
 fn ground_truths_are_exact_1000_times_while_eight_threads_allocate() {
     let noise = Noise::start(8);
-    let runs = thousand_times_under(&noise, || {
+    let runs = noise.overlap(1000, || {
         let stats = memory_measured(&GLOBAL, || {
             let _ = black_box("whoa".to_owned().replace("whoa", "wow").to_owned());
         });

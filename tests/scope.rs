@@ -3,75 +3,16 @@
 
 use std::alloc::System;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant};
+
+mod support;
+
+use support::Noise;
 
 use heapprobe::{Heapprobe, Stats};
 
 #[global_allocator]
 static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
-
-/// Starts `n` threads that allocate and free in a loop until the guard drops.
-struct Noise {
-    stop: Arc<AtomicBool>,
-    /// Loop rounds completed by all noise threads together.
-    rounds: Arc<AtomicU64>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Noise {
-    /// Returns once every noise thread has completed a round.
-    fn start(n: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let rounds = Arc::new(AtomicU64::new(0));
-        let started = Arc::new(Barrier::new(n + 1));
-        let threads = (0..n)
-            .map(|i| {
-                let (stop, rounds, started) = (stop.clone(), rounds.clone(), started.clone());
-                thread::spawn(move || {
-                    let mut first = true;
-                    while !stop.load(Ordering::Relaxed) {
-                        let v: Vec<u8> = black_box(vec![i as u8; 100 + i * 7]);
-                        let s = black_box(format!("{}{}", rounds.load(Ordering::Relaxed), v.len()));
-                        drop((v, s));
-                        rounds.fetch_add(1, Ordering::Relaxed);
-                        if std::mem::take(&mut first) {
-                            started.wait();
-                        }
-                    }
-                })
-            })
-            .collect();
-        started.wait();
-        Self { stop, rounds, threads }
-    }
-
-    /// Runs `measure` at least 200 times, and until the noise threads have
-    /// completed another 1000 rounds meanwhile, so the measurements really
-    /// overlapped with other threads' allocations (on a loaded 2-core
-    /// machine the scheduler may otherwise starve them).
-    fn overlap(&self, mut measure: impl FnMut()) {
-        let before = self.rounds.load(Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut runs = 0;
-        while runs < 200 || self.rounds.load(Ordering::Relaxed) < before + 1000 {
-            measure();
-            runs += 1;
-            assert!(Instant::now() < deadline, "the noise threads made no progress in 60 s");
-        }
-    }
-}
-
-impl Drop for Noise {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            t.join().unwrap();
-        }
-    }
-}
 
 fn six(s: &Stats) -> (usize, usize, usize, usize, usize, isize) {
     (s.allocations, s.deallocations, s.reallocations, s.bytes_allocated, s.bytes_deallocated, s.bytes_reallocated)
@@ -79,7 +20,7 @@ fn six(s: &Stats) -> (usize, usize, usize, usize, usize, isize) {
 
 #[test]
 fn ground_truth_string_replace_while_four_threads_allocate() {
-    Noise::start(4).overlap(|| {
+    Noise::start(4).overlap(200, || {
         let ((), stats) = GLOBAL.measure(|| {
             let _ = black_box("whoa".to_owned().replace("whoa", "wow").to_owned());
         });
@@ -91,7 +32,7 @@ fn ground_truth_string_replace_while_four_threads_allocate() {
 
 #[test]
 fn ground_truth_vec_of_four_i32_while_four_threads_allocate() {
-    Noise::start(4).overlap(|| {
+    Noise::start(4).overlap(200, || {
         let ((), stats) = GLOBAL.measure(|| {
             let _ = black_box(vec![1i32, 2, 3, 4]);
         });

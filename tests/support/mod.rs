@@ -144,3 +144,71 @@ pub fn build_fixture_with_frame_pointers() -> PathBuf {
     assert!(exe.exists(), "{} missing after build", exe.display());
     exe
 }
+
+/// Threads that allocate and free in a loop (keeping up to 64 strings live)
+/// until dropped, to prove a measurement exact while other threads allocate.
+pub struct Noise {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Loop rounds completed by all noise threads together.
+    rounds: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Noise {
+    /// Starts `n` threads; returns once every one has completed a round.
+    pub fn start(n: usize) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Barrier};
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let started = Arc::new(Barrier::new(n + 1));
+        let threads = (0..n)
+            .map(|i| {
+                let (stop, rounds, started) = (stop.clone(), rounds.clone(), started.clone());
+                std::thread::spawn(move || {
+                    let mut first = true;
+                    let mut keep = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let v: Vec<u8> = std::hint::black_box(vec![i as u8; 16 + i * 24]);
+                        keep.push(std::hint::black_box(format!("{i}-{}", v.len())));
+                        if keep.len() > 64 {
+                            keep.clear();
+                        }
+                        rounds.fetch_add(1, Ordering::Relaxed);
+                        if std::mem::take(&mut first) {
+                            started.wait();
+                        }
+                    }
+                })
+            })
+            .collect();
+        started.wait();
+        Self { stop, rounds, threads }
+    }
+
+    /// Runs `measure` at least `min_runs` times, and until the noise threads
+    /// have completed another 1000 rounds meanwhile, so the measurements
+    /// really overlapped with other threads' allocations (on a loaded 2-core
+    /// machine the scheduler may otherwise starve them). Returns the runs.
+    pub fn overlap(&self, min_runs: usize, mut measure: impl FnMut()) -> usize {
+        use std::sync::atomic::Ordering;
+        let before = self.rounds.load(Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let mut runs = 0;
+        while runs < min_runs || self.rounds.load(Ordering::Relaxed) < before + 1000 {
+            measure();
+            runs += 1;
+            assert!(std::time::Instant::now() < deadline, "the noise threads made no progress in 120 s");
+        }
+        runs
+    }
+}
+
+impl Drop for Noise {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+    }
+}

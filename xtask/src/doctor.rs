@@ -1,14 +1,14 @@
 //! `cargo xtask doctor`: whether this machine can trace, and whether a binary
 //! is traceable. Every problem comes with the exact command that fixes it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::bail;
 use heapprobe_sdt::{Binary, Site};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 
-use crate::target::{self, TargetArgs};
+use crate::target::InspectArgs;
 use crate::trace::PROVIDER;
 use crate::util::{self, Privileges};
 
@@ -16,16 +16,7 @@ use crate::util::{self, Privileges};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    target: TargetArgs,
-    /// A binary to check (instead of building a target).
-    #[arg(value_name = "PATH", conflicts_with_all = ["test", "bin", "example", "bench", "lib", "pid"])]
-    path: Option<PathBuf>,
-    /// Check the executable of this running process.
-    #[arg(long, value_name = "PID")]
-    pid: Option<u32>,
-    /// Echo the commands run.
-    #[arg(short, long)]
-    verbose: bool,
+    binary: InspectArgs,
 }
 
 /// The outcome of one check.
@@ -85,7 +76,7 @@ impl Report {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut report = Report::default();
     check_system(&mut report);
-    let exe = target::inspected_exe(args.path, args.pid, &args.target, args.verbose)?;
+    let exe = args.binary.exe()?;
     if let Some(exe) = &exe {
         println!("machine, and {}:", exe.display());
         check_binary(&mut report, exe);

@@ -1,34 +1,23 @@
 //! `cargo xtask probes`: the SDT probes of a binary, read from its ELF notes
 //! in Rust (like bcc's `tplist`), with the file offsets heapprobe registers.
 
-use std::path::PathBuf;
-
 use anyhow::bail;
 use heapprobe_sdt::{Binary, Site};
 
-use crate::target::{self, TargetArgs};
+use crate::target::InspectArgs;
 
 /// Options of `cargo xtask probes`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    target: TargetArgs,
-    /// A binary to read (instead of building a target).
-    #[arg(value_name = "PATH", conflicts_with_all = ["test", "bin", "example", "bench", "lib", "pid"])]
-    path: Option<PathBuf>,
-    /// The executable of a running process.
-    #[arg(long, value_name = "PID")]
-    pid: Option<u32>,
+    binary: InspectArgs,
     /// List every provider's probes, not only heapprobe's.
     #[arg(long)]
     all: bool,
-    /// Echo the commands run.
-    #[arg(short, long)]
-    verbose: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Some(exe) = target::inspected_exe(args.path, args.pid, &args.target, args.verbose)? else {
+    let Some(exe) = args.binary.exe()? else {
         bail!("which binary? give a PATH, --pid PID, or a target (--test, --bin, --example, --bench, --lib)");
     };
     let binary = Binary::open(&exe)?;

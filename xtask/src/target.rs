@@ -65,6 +65,31 @@ pub struct Built {
     pub label: String,
 }
 
+/// Which binary `probes` and `doctor` inspect: a PATH, a running process or a
+/// target to build.
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// A binary to inspect (instead of building a target).
+    #[arg(value_name = "PATH", conflicts_with_all = ["test", "bin", "example", "bench", "lib", "pid"])]
+    path: Option<PathBuf>,
+    /// The executable of this running process.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+    /// Echo the commands run.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+impl InspectArgs {
+    /// The executable chosen: `path` if given, else the running process
+    /// `pid`'s, else the built target's; `None` when none was chosen.
+    pub fn exe(&self) -> anyhow::Result<Option<PathBuf>> {
+        inspected_exe(self.path.clone(), self.pid, &self.target, self.verbose)
+    }
+}
+
 /// The executable a subcommand inspects: `path` if given, else the running
 /// process `pid`'s, else the built `target`'s; `None` when none was chosen.
 pub fn inspected_exe(
