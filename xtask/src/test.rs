@@ -1,5 +1,7 @@
 //! `cargo xtask test`: the whole test suite, as CI runs it.
 
+mod current_bpftrace;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -8,8 +10,13 @@ use anyhow::bail;
 use crate::util::{display, exec, has_tool, is_root, project_root};
 
 /// The system packages the tracing tests need, by the program they provide.
-const TOOLS: [(&str, &str); 4] =
-    [("perf", "linux-perf"), ("bpftrace", "bpftrace"), ("ld.bfd", "binutils"), ("rustfilt", "rustfilt")];
+const TOOLS: [(&str, &str); 5] = [
+    ("perf", "linux-perf"),
+    ("bpftrace", "bpftrace"),
+    ("ld.bfd", "binutils"),
+    ("rustfilt", "rustfilt"),
+    ("debootstrap", "debootstrap"),
+];
 
 /// Options of `cargo xtask test`.
 #[derive(clap::Args)]
@@ -17,6 +24,11 @@ pub struct Args {
     /// Never run apt-get; stop with the command to run instead.
     #[arg(long)]
     no_install: bool,
+    /// Skip the second run of the scripts tests (tests/scripts.rs) with a
+    /// current bpftrace: Debian unstable's, unpacked with debootstrap into
+    /// target/bpftrace-current the first time (about 600 MB).
+    #[arg(long)]
+    no_current_bpftrace: bool,
     /// Extra arguments for every `cargo test` run (after `--`), such as a filter.
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -24,33 +36,56 @@ pub struct Args {
 
 /// Runs every test suite: default features (the `probe` backend, with the
 /// end-to-end tracing tests for both linkers and the `usdt` backend), probes
-/// compiled out, and the `serde` feature.
+/// compiled out, the `serde` feature, and the scripts tests again with a
+/// current bpftrace.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    prepare_tracing(args.no_install)?;
+    prepare_tracing(args.no_install, !args.no_current_bpftrace)?;
     let root = project_root();
     let suites: [(&str, &[&str]); 3] = [
         ("default features", &["--workspace"]),
         ("probes compiled out", &["--package", "heapprobe", "--no-default-features"]),
         ("serde", &["--package", "heapprobe", "--features", "serde", "--test", "serde"]),
     ];
-    for (name, flags) in suites {
-        eprintln!("\n==> cargo test, {name}");
+    let cargo_test = |flags: &[&str]| {
         let mut cmd = Command::new(crate::util::cargo());
         cmd.current_dir(&root).arg("test").args(flags);
         if !args.test_args.is_empty() {
             cmd.arg("--").args(&args.test_args);
         }
-        exec(&mut cmd)?;
+        cmd
+    };
+    for (name, flags) in suites {
+        eprintln!("\n==> cargo test, {name}");
+        exec(&mut cargo_test(flags))?;
+    }
+    if args.no_current_bpftrace {
+        eprintln!("\nskipping the scripts tests with a current bpftrace (--no-current-bpftrace)");
+    } else if !is_root() {
+        // They need root: they would only skip.
+        eprintln!("\nnote: not root, so the scripts tests with a current bpftrace do not run");
+    } else {
+        // The scripts must work with Debian 12's bpftrace 0.17 (above) and
+        // with a current one.
+        let current = current_bpftrace::prepare(!args.no_install)?;
+        eprintln!("\n==> cargo test --test scripts, with a current bpftrace ({})", current.version);
+        exec(cargo_test(&["--package", "heapprobe", "--test", "scripts"]).env("BPFTRACE", &current.program))?;
     }
     eprintln!("\nall test suites passed");
     Ok(())
 }
 
-/// Makes sure perf, bpftrace, GNU ld and tracefs are there, installing the
+/// Makes sure perf, bpftrace, GNU ld, rustfilt, libc's symbols, tracefs
+/// and (to unpack a current bpftrace) debootstrap are there, installing the
 /// packages with apt-get when we are root on a Debian-like system.
-fn prepare_tracing(no_install: bool) -> anyhow::Result<()> {
-    let mut missing: Vec<&str> =
-        TOOLS.iter().filter(|(tool, _)| !has_tool(tool)).map(|(_, package)| *package).collect();
+fn prepare_tracing(no_install: bool, current_bpftrace: bool) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(tool, _)| !has_tool(tool))
+        .map(|(_, package)| *package)
+        .filter(|package| {
+            *package != "debootstrap" || (current_bpftrace && is_root() && !current_bpftrace::home().exists())
+        })
+        .collect();
     // libc's full symbol table (for `start_thread` and friends in stacks) is
     // in its detached debug file; the trace tests expect no [unknown] frame.
     let dpkg_says = Command::new("dpkg").args(["-s", "libc6-dbg"]).output();

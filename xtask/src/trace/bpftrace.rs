@@ -140,11 +140,15 @@ pub fn record(
 }
 
 /// bpftrace's lines that say nothing new: the memlock warning (the limit was
-/// raised), and its warnings about the bogus probe sites that code the
-/// linker discarded leaves (skipped; `cargo xtask probes` lists them).
+/// raised), "Attaching/Attached N probes", newer bpftrace's note that it
+/// cannot list kernel functions (the program attaches to usdt probes only),
+/// and its warnings about the bogus probe sites that code the linker
+/// discarded leaves (skipped; `cargo xtask probes` lists them).
 fn is_routine(line: &str) -> bool {
     line.contains("RLIMIT_MEMLOCK")
         || line.starts_with("Attaching ")
+        || line.starts_with("Attached ")
+        || line.contains("available_filter_functions")
         || (line.starts_with("WARNING: invalid address") && line.contains("for probe (heapprobe,"))
 }
 
