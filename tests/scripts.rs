@@ -575,6 +575,45 @@ fn scopes_reports_the_measured_scope() {
     );
 }
 
+#[test]
+fn every_script_ends_with_what_it_gathered_when_the_pid_exits() {
+    let Some(exe) = prerequisites("every_script_ends_with_what_it_gathered_when_the_pid_exits") else { return };
+    let _turn = turn();
+    // The fixture exits right after its workload; each script must end by
+    // itself, say so, and print its report. (bpftrace 0.17 then prints
+    // stacks as addresses, so only the numbers are checked here; rate.bt
+    // has its own test of this.)
+    for script in ["alloc_sizes.bt", "alloc_stacks.bt", "leaks.bt", "realloc_moves.bt", "scopes.bt"] {
+        let (out, report) = run_script(&exe, script, &[], End::PidExit);
+        let stdout = &out.stdout;
+        let pid = stdout.lines().find_map(|l| l.strip_prefix("Tracing PID ")).unwrap();
+        let pid = pid.split_whitespace().next().unwrap();
+        assert!(stdout.contains(&format!("PID {pid} exited")), "{script}: {stdout}");
+        assert_eq!(report["allocations"], ALLOCS);
+        match script {
+            "alloc_sizes.bt" => assert_eq!(hist(stdout, "alloc_size"), alloc_size_buckets(), "{stdout}"),
+            "alloc_stacks.bt" => {
+                let entries = stack_entries(stdout);
+                let bytes: Vec<u64> = entries.iter().filter(|e| e.map == "bytes").map(|e| e.value).collect();
+                assert!(bytes.contains(&KNOWN_PATTERN_BYTES), "{stdout}");
+                assert_eq!(bytes.iter().sum::<u64>(), ALLOC_BYTES, "{stdout}");
+            }
+            "leaks.bt" => {
+                assert!(stdout.contains("leaked: 100 blocks, 100000 bytes; untracked: 0 allocations"), "{stdout}")
+            }
+            "realloc_moves.bt" => {
+                assert_eq!(scalar(stdout, "reallocs"), REALLOCS, "{stdout}");
+                assert_eq!(scalar(stdout, "moved"), report["moved"], "{stdout}");
+            }
+            "scopes.bt" => assert!(
+                stdout.contains("scopes ended: 1, open at the end: 0, ends without a begin: 0, too deep: 0"),
+                "{stdout}"
+            ),
+            _ => unreachable!(),
+        }
+    }
+}
+
 /// The README's `## Production one-liners`: `(what it answers, command)`.
 fn one_liners() -> Vec<(String, String)> {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
