@@ -24,9 +24,10 @@ pub struct Args {
     /// Never run apt-get; stop with the command to run instead.
     #[arg(long)]
     no_install: bool,
-    /// Skip the second run of the scripts tests (tests/scripts.rs) with a
-    /// current bpftrace: Debian unstable's, unpacked with debootstrap into
-    /// target/bpftrace-current the first time (about 600 MB).
+    /// Skip the second run of the scripts and trace tests (tests/scripts.rs,
+    /// xtask/tests/trace.rs) with a current bpftrace: Debian unstable's,
+    /// unpacked with debootstrap into target/bpftrace-current the first time
+    /// (about 600 MB).
     #[arg(long)]
     no_current_bpftrace: bool,
     /// Extra arguments for every `cargo test` run (after `--`), such as a filter.
@@ -36,8 +37,8 @@ pub struct Args {
 
 /// Runs every test suite: default features (the `probe` backend, with the
 /// end-to-end tracing tests for both linkers and the `usdt` backend), probes
-/// compiled out, the `serde` feature, and the scripts tests again with a
-/// current bpftrace.
+/// compiled out, the `serde` feature, and the scripts and trace tests again
+/// with a current bpftrace.
 pub fn run(args: Args) -> anyhow::Result<()> {
     prepare_tracing(args.no_install, !args.no_current_bpftrace)?;
     let root = project_root();
@@ -59,16 +60,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         exec(&mut cargo_test(flags))?;
     }
     if args.no_current_bpftrace {
-        eprintln!("\nskipping the scripts tests with a current bpftrace (--no-current-bpftrace)");
+        eprintln!("\nskipping the scripts and trace tests with a current bpftrace (--no-current-bpftrace)");
     } else if !is_root() {
         // They need root: they would only skip.
-        eprintln!("\nnote: not root, so the scripts tests with a current bpftrace do not run");
+        eprintln!("\nnote: not root, so the scripts and trace tests with a current bpftrace do not run");
     } else {
-        // The scripts must work with Debian 12's bpftrace 0.17 (above) and
-        // with a current one.
+        // scripts/ and `cargo xtask trace --backend bpftrace` must work with
+        // Debian 12's bpftrace 0.17 (above) and with a current one.
         let current = current_bpftrace::prepare(!args.no_install)?;
-        eprintln!("\n==> cargo test --test scripts, with a current bpftrace ({})", current.version);
-        exec(cargo_test(&["--package", "heapprobe", "--test", "scripts"]).env("BPFTRACE", &current.program))?;
+        eprintln!("\n==> cargo test, scripts and trace tests with a current bpftrace ({})", current.version);
+        let flags = ["--package", "heapprobe", "--package", "xtask", "--test", "scripts", "--test", "trace"];
+        exec(cargo_test(&flags).env("BPFTRACE", &current.program))?;
     }
     eprintln!("\nall test suites passed");
     Ok(())
