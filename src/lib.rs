@@ -93,6 +93,8 @@
 
 mod alloc;
 pub mod compat;
+#[cfg(any(feature = "prometheus", feature = "json"))]
+pub mod export;
 mod future;
 mod histogram;
 pub mod probes;
@@ -103,6 +105,8 @@ mod testing;
 mod thread;
 
 pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
+#[cfg(feature = "server")]
+pub use crate::export::{serve, serve_with};
 pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 pub use crate::future::MeasuredFuture;
 pub use crate::histogram::{Histogram, BUCKETS};
