@@ -105,9 +105,9 @@ mod testing;
 mod thread;
 
 pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
+pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 #[cfg(feature = "server")]
 pub use crate::export::{serve, serve_with};
-pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 pub use crate::future::MeasuredFuture;
 pub use crate::histogram::{Histogram, BUCKETS};
 pub use crate::stats::Stats;

@@ -167,7 +167,10 @@ fn oversized_headers() {
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", "x".repeat(100 * 1024));
     refused("a 100 KiB request target", raw(address, long_target.as_bytes(), Duration::from_secs(30)));
     // The control: a head just under the limit is answered.
-    let fits = format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "a".repeat(12 * 1024));
+    let fits = format!(
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(12 * 1024)
+    );
     let (reply, _) = raw(address, fits.as_bytes(), Duration::from_secs(30));
     assert_eq!(status_of(&reply), Some(200));
     still_serves(server);
@@ -340,7 +343,10 @@ fn concurrent_scrapes_while_threads_allocate_hard() {
         for scrape in scrapes {
             let reply = scrape.join().unwrap();
             assert_eq!(reply.status, 200);
-            assert!(reply.body.contains("\nheapprobe_endpoint_current_bytes "), "the whole exposition, to its last metric");
+            assert!(
+                reply.body.contains("\nheapprobe_endpoint_current_bytes "),
+                "the whole exposition, to its last metric"
+            );
             let allocations: f64 = reply
                 .body
                 .lines()

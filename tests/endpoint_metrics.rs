@@ -142,7 +142,7 @@ fn openmetrics_text_has_every_field_at_its_place() {
         let kind = if sample.ends_with("_total") { "counter" } else { "gauge" };
         assert_eq!(e.types.get(family).map(String::as_str), Some(kind), "{family}");
         assert!(e.helps.contains_key(family), "{family} has no HELP");
-        assert_eq!(e.units.get(family).is_some(), family.ends_with("_bytes"), "{family}: UNIT iff bytes");
+        assert_eq!(e.units.contains_key(family), family.ends_with("_bytes"), "{family}: UNIT iff bytes");
     }
     assert_eq!(e.types["heapprobe_allocation_size_bytes"], "histogram");
     assert_eq!(e.types.len(), expected_samples(&stats).len() + 1);
@@ -193,16 +193,50 @@ fn stats_json_is_every_field_by_name() {
     assert_eq!(json.as_object().unwrap().len(), 18, "one key per field of Stats");
 }
 
+/// The README's Production section, up to the next `## ` heading.
+fn production_section() -> String {
+    let readme = std::fs::read_to_string(support::root().join("README.md")).unwrap();
+    let start = readme.find("\n## Production\n").expect("README.md has a Production section");
+    let section = &readme[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    section[..end].to_owned()
+}
+
 #[test]
 fn the_readme_names_every_metric() {
-    let readme = std::fs::read_to_string(support::root().join("README.md")).unwrap();
-    let production = &readme[readme.find("## Production").expect("a Production section")..];
+    let production = production_section();
     for (sample, _) in expected_samples(&Stats::default()) {
-        assert!(production.contains(sample), "README's Production section does not name {sample}");
+        assert!(production.contains(&format!("`{sample}`")), "README's Production section does not name {sample}");
     }
-    for name in ["heapprobe_allocation_size_bytes", "heapprobe_endpoint_allocations_total"] {
-        assert!(production.contains(name), "README's Production section does not name {name}");
+    // Every family the server exposes, its own overhead included.
+    let server = start();
+    let e = parse(&get(&format!("http://{}/metrics", server.local_addr())).body, false);
+    server.shutdown().unwrap();
+    assert_eq!(e.types.len(), expected_samples(&Stats::default()).len() + 1 + 6);
+    for family in e.types.keys() {
+        assert!(production.contains(&format!("`{family}`")), "README's Production section does not name {family}");
     }
+}
+
+/// The README's Rust snippets there cannot be doctests (they need the
+/// `server` feature): each of their lines is in a file that is compiled
+/// with it, so they cannot rot.
+#[test]
+fn the_readme_snippets_are_code_that_compiles() {
+    let root = support::root();
+    let mut sources = String::new();
+    for file in ["examples/serve.rs", "examples/axum.rs", "src/export/prometheus.rs"] {
+        sources.push_str(&std::fs::read_to_string(root.join(file)).unwrap());
+    }
+    let production = production_section();
+    let mut snippets = 0;
+    for block in production.split("```rust,ignore\n").skip(1) {
+        snippets += 1;
+        for line in block.split("```").next().unwrap().lines().map(str::trim).filter(|l| !l.is_empty()) {
+            assert!(sources.contains(line), "README snippet line not in the examples: {line:?}");
+        }
+    }
+    assert_eq!(snippets, 3, "the snippets checked");
 }
 
 fn start() -> heapprobe::export::Server {
@@ -343,7 +377,9 @@ impl Profiler for FakeProfiler {
     fn pprof_delta(&self, kind: Pprof) -> Result<Box<dyn FnOnce() -> Response + Send>, Response> {
         let first = self.snapshots.fetch_add(1, Ordering::SeqCst);
         let taken = Instant::now();
-        Ok(Box::new(move || Response::text(200, format!("delta {kind:?} from snapshot {first} after {:?}", taken.elapsed()))))
+        Ok(Box::new(move || {
+            Response::text(200, format!("delta {kind:?} from snapshot {first} after {:?}", taken.elapsed()))
+        }))
     }
     fn start(&self) -> Response {
         self.started.fetch_add(1, Ordering::SeqCst);
@@ -353,7 +389,11 @@ impl Profiler for FakeProfiler {
         if query == Some("panic") {
             panic!("a profiler bug");
         }
-        Response::new(200, "application/json", r#"{"length_memory_array":0,"memory":[],"memory_allocated":0,"total_memory":0}"#)
+        Response::new(
+            200,
+            "application/json",
+            r#"{"length_memory_array":0,"memory":[],"memory_allocated":0,"total_memory":0}"#,
+        )
     }
 }
 
@@ -440,7 +480,8 @@ fn by_default_it_is_not_reachable_from_the_network() {
     let defaults = Options::default();
     assert_eq!(defaults.address, SocketAddr::from(([127, 0, 0, 1], 6060)));
     let Some(ip) = non_loopback_address() else {
-        let message = "SKIPPED by_default_it_is_not_reachable_from_the_network: this machine has no non-loopback IPv4 address";
+        let message =
+            "SKIPPED by_default_it_is_not_reachable_from_the_network: this machine has no non-loopback IPv4 address";
         assert!(!support::in_ci(), "CI=true: {message}");
         eprintln!("\n========== {message} ==========\n");
         return;
@@ -501,7 +542,8 @@ fn the_examples_serve_the_routes() {
         let mut example = Child::spawn(Command::new(exe).arg(address).stdout(Stdio::piped()));
         let lines = example.lines();
         let line = lines.next(Duration::from_secs(60));
-        let address: SocketAddr = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).parse().unwrap();
+        let address: SocketAddr =
+            line.strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).parse().unwrap();
         let at = |path: &str| format!("http://{address}{path}");
         let metrics = get(&at("/metrics"));
         assert_eq!(metrics.status, 200, "{name}");

@@ -144,10 +144,11 @@ fn prometheus_scrapes_the_exact_allocation_counts() {
     service.child.stdin.as_mut().unwrap().write_all(b"work\n").unwrap();
     let (n1, b1) = counts(&lines);
     assert_eq!((n1 - n0, b1 - b0), (1000, 1000 * 4096), "the fixture's own counts of its workload");
-    let after =
-        prometheus.wait_for(ALLOCATIONS, |v| assert!(v == Some(n0) || v == Some(n1), "{ALLOCATIONS} = {v:?}"), |v| {
-            v == Some(n1)
-        });
+    let after = prometheus.wait_for(
+        ALLOCATIONS,
+        |v| assert!(v == Some(n0) || v == Some(n1), "{ALLOCATIONS} = {v:?}"),
+        |v| v == Some(n1),
+    );
     assert_eq!(after, n1);
     assert_eq!(prometheus.query(BYTES), Some(b1), "{BYTES}");
 

@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{header, Method, StatusCode};
 
-use super::prometheus::{render, to_prometheus_text, wants_openmetrics, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
+use super::prometheus::{render, to_prometheus_text, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 use super::{Overhead, Source};
 use crate::{Heapprobe, Stats};
 
@@ -296,8 +296,11 @@ impl Endpoints {
             let allow = if info.post { "POST" } else { "GET, HEAD" };
             let why = if info.post { "it changes state, so it takes POST only" } else { "it only reads" };
             return Reply::Now(
-                Response::text(405, format!("heapprobe: {} {path:?} refused: {why} (Allow: {allow})\n", method.escape_debug()))
-                    .with_header("allow", allow),
+                Response::text(
+                    405,
+                    format!("heapprobe: {} {path:?} refused: {why} (Allow: {allow})\n", method.escape_debug()),
+                )
+                .with_header("allow", allow),
             );
         }
         let profiler = self.profiler.as_deref();
@@ -413,7 +416,10 @@ impl Endpoints {
     /// Refuses with `403` a POST that carries an `Origin` header: browsers
     /// send one, so a web page cannot make the browser change state here
     /// (programs such as curl do not send it).
-    pub fn handle<B>(&self, request: &hyper::Request<B>) -> impl Future<Output = hyper::Response<Full<Bytes>>> + Send + '_ {
+    pub fn handle<B>(
+        &self,
+        request: &hyper::Request<B>,
+    ) -> impl Future<Output = hyper::Response<Full<Bytes>>> + Send + '_ {
         self.handle_with(request, None)
     }
 
@@ -470,6 +476,16 @@ impl Endpoints {
         }
         None
     }
+}
+
+/// Whether an `Accept` header asks for OpenMetrics (with a q-value above 0).
+fn wants_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        let refused = parts.any(|p| p.strip_prefix("q=").is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0)));
+        media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+    })
 }
 
 /// `localhost` or an IP literal, with or without a port.

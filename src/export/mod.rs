@@ -70,9 +70,11 @@ pub use self::prometheus::{
 #[cfg(feature = "server")]
 pub use self::server::{serve, serve_with, Options, Server};
 
+#[cfg(feature = "prometheus")]
 use crate::{Heapprobe, Stats};
 
 /// What the renderers read, without the allocator's type parameter.
+#[cfg(feature = "prometheus")]
 pub(crate) trait Source: Sync {
     fn stats(&self) -> Stats;
     /// Panics if the calling thread has no counter slot.
@@ -82,6 +84,7 @@ pub(crate) trait Source: Sync {
     fn reset_peak(&self);
 }
 
+#[cfg(feature = "prometheus")]
 impl<A: Sync> Source for Heapprobe<A> {
     fn stats(&self) -> Stats {
         Heapprobe::stats(self)
@@ -96,8 +99,8 @@ impl<A: Sync> Source for Heapprobe<A> {
 
 /// The endpoint's own share: what the thread that serves requests
 /// allocated, read on that thread.
+#[cfg(feature = "prometheus")]
 #[derive(Clone, Copy, Debug)]
-#[cfg_attr(not(feature = "server"), allow(dead_code))]
 pub(crate) struct Overhead {
     /// Requests answered, the one being answered included.
     pub requests: u64,

@@ -97,16 +97,6 @@ pub fn prometheus_text(stats: &Stats) -> String {
     to_prometheus_text(&render(stats, None)).unwrap_or_default()
 }
 
-/// Whether an `Accept` header asks for OpenMetrics (with a q-value above 0).
-pub(crate) fn wants_openmetrics(accept: &str) -> bool {
-    accept.split(',').any(|range| {
-        let mut parts = range.split(';').map(str::trim);
-        let media = parts.next().unwrap_or("");
-        let refused = parts.any(|p| p.strip_prefix("q=").is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q <= 0.0)));
-        media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-    })
-}
-
 /// The exposition with, when the server renders it on its own thread, the
 /// endpoint's overhead.
 pub(crate) fn render(stats: &Stats, endpoint: Option<&Overhead>) -> String {
@@ -121,7 +111,8 @@ pub(crate) fn render(stats: &Stats, endpoint: Option<&Overhead>) -> String {
 /// Converts OpenMetrics text, as our collector writes it, to the Prometheus
 /// text format 0.0.4. A line of any other shape is an error that quotes it.
 pub(crate) fn to_prometheus_text(openmetrics: &str) -> Result<String, String> {
-    let counters: Vec<&str> = openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let counters: Vec<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
     let mut out = String::with_capacity(openmetrics.len());
     for line in openmetrics.lines() {
         if line == "# EOF" || line.starts_with("# UNIT ") {
@@ -259,6 +250,7 @@ fn size_histogram(e: &mut DescriptorEncoder, s: &Stats) -> fmt::Result {
     let sum = s.bytes_allocated.saturating_sub(s.bytes_grown) as f64;
     let help = "Sizes of allocations (alloc and alloc_zeroed calls) in heapprobe's log2 buckets: \
                 le=2^(i+1)-1 counts the sizes below 2^(i+1).";
-    let mut metric = e.encode_descriptor("heapprobe_allocation_size", help, Some(&Unit::Bytes), MetricType::Histogram)?;
+    let mut metric =
+        e.encode_descriptor("heapprobe_allocation_size", help, Some(&Unit::Bytes), MetricType::Histogram)?;
     metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
 }

@@ -175,7 +175,9 @@ fn bind(addresses: &[SocketAddr]) -> io::Result<StdListener> {
     }
     StdListener::bind(addresses).map_err(|e| {
         let hint = match e.kind() {
-            io::ErrorKind::AddrInUse => " (another socket listens there: pick another port, or port 0 for any free one)",
+            io::ErrorKind::AddrInUse => {
+                " (another socket listens there: pick another port, or port 0 for any free one)"
+            }
             io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
             io::ErrorKind::AddrNotAvailable => " (no interface of this machine has that address)",
             _ => "",
@@ -188,7 +190,10 @@ fn start(source: &'static dyn Source, listener: StdListener, options: Options) -
     if options.max_header_bytes < MIN_HEADER_BYTES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("heapprobe: Options::max_header_bytes must be at least {MIN_HEADER_BYTES}; it is {}", options.max_header_bytes),
+            format!(
+                "heapprobe: Options::max_header_bytes must be at least {MIN_HEADER_BYTES}; it is {}",
+                options.max_header_bytes
+            ),
         ));
     }
     if options.max_connections == 0 || options.header_timeout.is_zero() || options.connection_timeout.is_zero() {

@@ -181,7 +181,10 @@ pub fn build(args: &[&str], name: &str) -> PathBuf {
 
 /// The fixture service (tests/fixture/src/bin/heapprobe-endpoint.rs).
 pub fn fixture() -> PathBuf {
-    build(&["--package", "heapprobe-fixture", "--features", "server", "--bin", "heapprobe-endpoint"], "heapprobe-endpoint")
+    build(
+        &["--package", "heapprobe-fixture", "--features", "server", "--bin", "heapprobe-endpoint"],
+        "heapprobe-endpoint",
+    )
 }
 
 /// Checks that the programs the test needs are installed. In CI a missing
