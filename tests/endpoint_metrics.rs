@@ -415,15 +415,17 @@ fn a_profiler_plugs_into_the_routes() {
     assert!(delta.body.starts_with("delta Allocs from snapshot 0 after 1."), "{}", delta.body);
     // The wait is asynchronous: another request is answered meanwhile.
     let slow = std::thread::spawn({
-        let url = at("/debug/pprof/heap?seconds=2");
-        move || get(&url)
+        let url = at("/debug/pprof/heap?seconds=3");
+        move || (get(&url), Instant::now())
     });
     while profiler.snapshots.load(Ordering::SeqCst) < 2 {
         std::thread::yield_now();
     }
     assert_eq!(get(&at("/metrics")).status, 200, "answered while a delta profile waits");
-    assert!(!slow.is_finished());
-    assert!(slow.join().unwrap().body.starts_with("delta Heap from snapshot 1 after 2."));
+    let answered = Instant::now();
+    let (reply, delta_at) = slow.join().unwrap();
+    assert!(reply.body.starts_with("delta Heap from snapshot 1 after 3."), "{}", reply.body);
+    assert!(answered < delta_at, "/metrics was answered before the delta profile");
 
     assert_eq!(post(&at("/profiler/start")).body, "started\n");
     assert_eq!(profiler.started.load(Ordering::SeqCst), 1);
