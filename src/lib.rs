@@ -81,6 +81,15 @@
 //! `cargo xtask`, or bpftrace `usdt:` probes, which compute the file offsets
 //! correctly.
 //!
+//! # Production
+//!
+//! With the `server` feature, `heapprobe::serve(&GLOBAL, "127.0.0.1:6060")`
+//! starts an HTTP server on a thread of its own: `/metrics` for Prometheus,
+//! `/stats` as JSON, `POST /reset-peak`, and the routes of the in-process
+//! profiler. The `export` module has the same routes for any `http`-based
+//! framework, a `prometheus-client` collector (feature `prometheus`) and
+//! `Stats` as JSON (feature `json`).
+//!
 //! # Overhead
 //!
 //! Each thread counts into its own cache-aligned slot with plain loads and

@@ -4,9 +4,9 @@
 //!
 //! | Feature | What it adds |
 //! |---|---|
-//! | `prometheus` | [`Collector`] for an existing `prometheus-client` registry (one line), [`openmetrics_text`], [`prometheus_text`] |
-//! | `json` | [`stats_json`] |
-//! | `server` | [`serve`](crate::serve), [`serve_with`](crate::serve_with), [`Endpoints`], the [`Profiler`] plug-in |
+//! | `prometheus` | `Collector` for an existing `prometheus-client` registry (one line), `openmetrics_text`, `prometheus_text` |
+//! | `json` | `stats_json` |
+//! | `server` | `heapprobe::serve`, `serve_with`, `Endpoints`, the `Profiler` plug-in |
 //!
 //! # Metric names
 //!
@@ -33,7 +33,7 @@
 //! The histogram's buckets are heapprobe's log2 buckets, exactly: bucket
 //! `i` of [`Histogram`](crate::Histogram) holds sizes in `[2^i, 2^(i+1))`,
 //! which is `le="2^(i+1)-1"` (sizes are integers), for the first
-//! [`SIZE_BUCKETS`] buckets (up to 4 GiB); larger sizes are counted in
+//! `SIZE_BUCKETS` (32) buckets (up to 4 GiB); larger sizes are counted in
 //! `le="+Inf"`. `_count` is the number of allocations and `_sum` their
 //! bytes (`bytes_allocated - bytes_grown`: realloc growth is not an
 //! allocation size). `bytes_reallocated` is not exported: it is
