@@ -81,6 +81,15 @@
 //! `cargo xtask`, or bpftrace `usdt:` probes, which compute the file offsets
 //! correctly.
 //!
+//! # Production
+//!
+//! With the `server` feature, `heapprobe::serve(&GLOBAL, "127.0.0.1:6060")`
+//! starts an HTTP server on a thread of its own: `/metrics` for Prometheus,
+//! `/stats` as JSON, `POST /reset-peak`, and the routes of the in-process
+//! profiler. The `export` module has the same routes for any `http`-based
+//! framework, a `prometheus-client` collector (feature `prometheus`) and
+//! `Stats` as JSON (feature `json`).
+//!
 //! # Overhead
 //!
 //! Each thread counts into its own cache-aligned slot with plain loads and
@@ -93,6 +102,8 @@
 
 mod alloc;
 pub mod compat;
+#[cfg(any(feature = "prometheus", feature = "json"))]
+pub mod export;
 mod future;
 mod histogram;
 pub mod probes;
@@ -104,6 +115,8 @@ mod thread;
 
 pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
 pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+#[cfg(feature = "server")]
+pub use crate::export::{serve, serve_with};
 pub use crate::future::MeasuredFuture;
 pub use crate::histogram::{Histogram, BUCKETS};
 pub use crate::stats::Stats;

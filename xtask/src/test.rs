@@ -42,10 +42,11 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     prepare_tracing(args.no_install, !args.no_current_bpftrace)?;
     let root = project_root();
-    let suites: [(&str, &[&str]); 3] = [
+    let suites: [(&str, &[&str]); 4] = [
         ("default features", &["--workspace"]),
         ("probes compiled out", &["--package", "heapprobe", "--no-default-features"]),
         ("serde", &["--package", "heapprobe", "--features", "serde", "--test", "serde"]),
+        ("server (the endpoint)", &["--package", "heapprobe", "--features", "server", "--lib", "--test", "endpoint_*"]),
     ];
     let cargo_test = |flags: &[&str]| {
         let mut cmd = Command::new(crate::util::cargo());
