@@ -95,9 +95,12 @@ mod alloc;
 pub mod compat;
 mod future;
 mod histogram;
+#[cfg(feature = "allocator-api2")]
+mod local;
 pub mod probes;
 mod scope;
 mod stats;
+mod summary;
 mod tally;
 mod testing;
 mod thread;
@@ -106,7 +109,10 @@ pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
 pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 pub use crate::future::MeasuredFuture;
 pub use crate::histogram::{Histogram, BUCKETS};
+#[cfg(feature = "allocator-api2")]
+pub use crate::local::Local;
 pub use crate::stats::Stats;
+pub use crate::summary::HeapSummary;
 #[doc(hidden)]
 pub use crate::testing::__private;
 pub use crate::testing::{
