@@ -300,6 +300,63 @@ extern "C" fn at_exit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::alloc::{GlobalAlloc, Layout};
+    use std::alloc::System;
+    use std::process::Command;
+
+    /// Not the global allocator: only the calls made through it directly.
+    static COUNTED: Heapprobe<System> = Heapprobe::new(System);
+
+    /// The child of [`the_environment_asks_for_the_summary`]: leaks 3 × 100
+    /// bytes through `COUNTED`, frees one more block of 50, registers from
+    /// the environment and returns (or exits, with `CHILD=exit`).
+    #[test]
+    #[ignore = "run as a child process by the_environment_asks_for_the_summary"]
+    fn env_child() {
+        let layout = Layout::from_size_align(100, 8).unwrap();
+        // SAFETY: non-zero sizes; the 50-byte block is freed with its layout;
+        // the others are leaked on purpose.
+        unsafe {
+            for _ in 0..3 {
+                assert!(!COUNTED.alloc(layout).is_null());
+            }
+            let small = Layout::from_size_align(50, 8).unwrap();
+            COUNTED.dealloc(COUNTED.alloc(small), small);
+        }
+        arm_from_env(&COUNTED);
+        arm_from_env(&COUNTED); // a second call changes nothing
+        if std::env::var("CHILD").is_ok_and(|v| v == "exit") {
+            std::process::exit(0);
+        }
+    }
+
+    fn child(summary: Option<&str>, exit: bool) -> String {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--ignored", "--exact", "summary::tests::env_child", "--test-threads=1", "-q"]);
+        cmd.env_remove("HEAPPROBE_SUMMARY").env("CHILD", if exit { "exit" } else { "return" });
+        if let Some(value) = summary {
+            cmd.env("HEAPPROBE_SUMMARY", value);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// `HEAPPROBE_SUMMARY=1` (any value but empty or `0`) arms the summary
+    /// of the instance that asks; unset, empty or `0` leaves it silent.
+    #[test]
+    fn the_environment_asks_for_the_summary() {
+        let expected = "heapprobe: HEAP SUMMARY:\n\
+                        heapprobe:     in use at exit: 300 bytes in 3 blocks\n\
+                        heapprobe:   total heap usage: 4 allocs, 1 frees, 350 bytes allocated\n\
+                        heapprobe:           reallocs: 0 (valgrind counts each as 1 alloc + 1 free)\n";
+        for (value, exit) in [("1", false), ("yes", false), ("1", true)] {
+            assert_eq!(child(Some(value), exit), expected, "HEAPPROBE_SUMMARY={value}, exit: {exit}");
+        }
+        for value in [None, Some(""), Some("0")] {
+            assert_eq!(child(value, false), "", "HEAPPROBE_SUMMARY={value:?}");
+        }
+    }
 
     #[test]
     fn thousands_separators_as_valgrind_prints_them() {
