@@ -48,12 +48,24 @@ unsafe impl GlobalAlloc for Switch {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded.
-        unsafe { if WRAPPED.load(Relaxed) { HEAPPROBE.alloc(layout) } else { System.alloc(layout) } }
+        unsafe {
+            if WRAPPED.load(Relaxed) {
+                HEAPPROBE.alloc(layout)
+            } else {
+                System.alloc(layout)
+            }
+        }
     }
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded.
-        unsafe { if WRAPPED.load(Relaxed) { HEAPPROBE.dealloc(ptr, layout) } else { System.dealloc(ptr, layout) } }
+        unsafe {
+            if WRAPPED.load(Relaxed) {
+                HEAPPROBE.dealloc(ptr, layout)
+            } else {
+                System.dealloc(ptr, layout)
+            }
+        }
     }
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -135,6 +147,10 @@ fn main() {
         println!("| {} | {:.2} |", NAMES[v], median(times[v].clone()));
     }
     println!();
-    println!("what heapprobe adds: Local<Pool> / pool {:.2}×, Heapprobe<System> / System {:.2}×", median(pool_ratio), median(global_ratio));
+    println!(
+        "what heapprobe adds: Local<Pool> / pool {:.2}×, Heapprobe<System> / System {:.2}×",
+        median(pool_ratio),
+        median(global_ratio)
+    );
     println!("pool / global: bare {:.2}×, both wrapped {:.2}×", median(bare_ratio), median(wrapped_ratio));
 }

@@ -293,9 +293,7 @@ impl<A> Local<A> {
         let (old_size, new_size) = (old_layout.size(), new_layout.size());
         let new = new.cast::<u8>().as_ptr();
         let moved = new != old.as_ptr();
-        self.count((new_size as i64).wrapping_sub(old_size as i64), |t, w| {
-            t.reallocated(old_size, new_size, moved, w)
-        });
+        self.count((new_size as i64).wrapping_sub(old_size as i64), |t, w| t.reallocated(old_size, new_size, moved, w));
         let args = (self.id, old.as_ptr() as u64, new as u64, old_size as u64, new_size as u64);
         if new_size >= old_size {
             probes::local_grow(args.0, args.1, args.2, args.3, args.4, new_layout.align() as u64);

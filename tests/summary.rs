@@ -17,7 +17,9 @@ use support::{Backend, Linker};
 /// The fixture's leaks program (built once per test binary run).
 fn leaks_program() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| support::build_fixture(Linker::Default, Backend::Probe).with_file_name("heapprobe-leaks")).clone()
+    BUILT
+        .get_or_init(|| support::build_fixture(Linker::Default, Backend::Probe).with_file_name("heapprobe-leaks"))
+        .clone()
 }
 
 /// A summary as printed, parsed strictly: every `heapprobe:` line must be
@@ -215,4 +217,26 @@ fn agrees_with_valgrind_heap_summary() {
     // valgrind finds exactly the pattern's 3 leaked blocks.
     assert_eq!(theirs.definitely_lost, (300, 3), "{stderr}");
     assert!(ours.in_use_bytes >= 300, "{stderr}");
+}
+
+/// The seed-style example (`examples/protocol.rs`): the summary it prints
+/// at exit and valgrind's agree on what is in use, and valgrind finds no
+/// leak in it.
+#[test]
+fn the_protocol_example_agrees_with_valgrind() {
+    if !valgrind_available() {
+        return;
+    }
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--package", "heapprobe", "--example", "protocol"])
+        .current_dir(support::root())
+        .status()
+        .expect("failed to run cargo build --example protocol");
+    assert!(status.success(), "cargo build --example protocol exited with {status}");
+    let example = support::root().join("target/debug/examples/protocol");
+    let (ours, theirs, stderr) = agree_with_valgrind(&example, &["10000"], &[]);
+    assert_eq!(theirs.definitely_lost, (0, 0), "{stderr}");
+    // 10,000 messages through each allocator: the global run's 10,000
+    // boxes are among the allocs, the pool's are not.
+    assert!(ours.allocs >= 10_000 && ours.allocs < 11_000, "{stderr}");
 }

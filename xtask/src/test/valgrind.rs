@@ -7,6 +7,14 @@
 //! Each run's valgrind log goes to `target/valgrind/NAME.log` and the test
 //! binary's own output to `target/valgrind/NAME.out`. Suppressions, each
 //! with its reason, are in `tests/valgrind.supp`.
+//!
+//! Then LeakSanitizer checks the same binaries again, at native speed: no
+//! nightly, so no `-Zsanitizer`, but clang's ASan runtime from Debian's
+//! `libclang-rt-14-dev`, preloaded (`LD_PRELOAD`) into the uninstrumented
+//! binaries, replaces malloc and runs LeakSanitizer at exit. It finds leaks
+//! only (memory accesses are not instrumented), so memcheck stays the check
+//! for errors; the leak control must be reported by both. Its suppressions
+//! are in `tests/lsan.supp`.
 
 use std::fs;
 use std::io::BufReader;
@@ -184,13 +192,13 @@ pub fn run(install: bool) -> anyhow::Result<()> {
         let exe = exe_of(name)?;
         let clock = Instant::now();
         let (code, summary, log) = memcheck(&root, name, exe, &[])?;
-        let verdict = if code == Some(0) && summary.errors == 0 && summary.definitely == (0, 0) && summary.indirectly == (0, 0)
-        {
-            "ok"
-        } else {
-            failed.push((name, code, log.clone()));
-            "FAILED"
-        };
+        let verdict =
+            if code == Some(0) && summary.errors == 0 && summary.definitely == (0, 0) && summary.indirectly == (0, 0) {
+                "ok"
+            } else {
+                failed.push((name, code, log.clone()));
+                "FAILED"
+            };
         eprintln!(
             "memcheck {name:<18} {verdict:<6} {} errors, definitely lost {} B, indirectly lost {} B, possibly lost {} B ({:.0} s)",
             summary.errors,
@@ -219,8 +227,12 @@ pub fn run(install: bool) -> anyhow::Result<()> {
     // Positive controls: the same harness must report what is wrong on purpose.
     let control = exe_of(CONTROL)?;
     for (test, proof) in CONTROLS {
-        let (code, summary, log) =
-            memcheck(&root, &format!("{CONTROL}-{test}"), control, &["--ignored", "--exact", test, "--test-threads=1"])?;
+        let (code, summary, log) = memcheck(
+            &root,
+            &format!("{CONTROL}-{test}"),
+            control,
+            &["--ignored", "--exact", test, "--test-threads=1"],
+        )?;
         let text = fs::read_to_string(&log)?;
         if code != Some(1) || summary.errors == 0 || !text.contains(proof) {
             bail!(
@@ -232,6 +244,97 @@ pub fn run(install: bool) -> anyhow::Result<()> {
         eprintln!("memcheck control {test:<18} reported as it must be: {proof:?} (exit status 1)");
     }
     eprintln!("memcheck: all clean, both controls reported, in {:.0} s", started.elapsed().as_secs_f64());
+    leak_sanitizer(&root, &built, install)
+}
+
+/// The package that ships clang's sanitizer runtimes on Debian 12.
+const LSAN_PACKAGE: &str = "libclang-rt-14-dev";
+
+/// clang's ASan runtime (which includes LeakSanitizer), if installed.
+fn asan_runtime() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"))
+        .filter_map(|e| fs::read_dir(e.path().join("lib/clang")).ok())
+        .flat_map(|versions| versions.flatten())
+        .map(|v| v.path().join("lib/linux/libclang_rt.asan-x86_64.so"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Runs `exe ARGS` with LeakSanitizer preloaded; returns the exit code and
+/// everything it printed (LeakSanitizer reports on stderr).
+fn lsan(root: &Path, runtime: &Path, name: &str, exe: &Path, args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let out = root.join(format!("target/valgrind/{name}.lsan.out"));
+    let file = fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env("LD_PRELOAD", runtime)
+        // The slow unwinder: Rust code has no frame pointers by default, and
+        // the suppressions name test functions deep in the stack.
+        .env("ASAN_OPTIONS", "detect_leaks=1:fast_unwind_on_malloc=0:malloc_context_size=40")
+        .env("LSAN_OPTIONS", format!("suppressions={}:print_suppressions=0", root.join("tests/lsan.supp").display()))
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    let status = cmd.status().with_context(|| format!("failed to run {:?}", display(&cmd)))?;
+    Ok((status.code(), fs::read_to_string(&out)?))
+}
+
+/// The LeakSanitizer pass over the binaries the memcheck step built.
+fn leak_sanitizer(root: &Path, built: &[(String, PathBuf)], install: bool) -> anyhow::Result<()> {
+    let runtime = match asan_runtime() {
+        Some(runtime) => runtime,
+        None if install && is_root() => {
+            eprintln!("==> installing {LSAN_PACKAGE} (clang's sanitizer runtimes) with apt-get (we are root)");
+            crate::util::exec(Command::new("apt-get").arg("update").arg("-q"))?;
+            crate::util::exec(
+                Command::new("apt-get").args(["install", "-y", "-q", LSAN_PACKAGE]).env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+            asan_runtime().context("libclang_rt.asan-x86_64.so is still missing after installing it")?
+        }
+        None => bail!(
+            "the LeakSanitizer step needs clang's runtime: run `apt-get install -y {LSAN_PACKAGE}` as root, then `cargo xtask test` again"
+        ),
+    };
+    eprintln!("\n==> LeakSanitizer: the same binaries, {} preloaded", runtime.display());
+    let exe_of = |name: &str| built.iter().find(|(n, _)| n == name).map(|(_, exe)| exe.clone());
+    let mut failed = Vec::new();
+    for name in CHECKED {
+        let exe = exe_of(name).with_context(|| format!("no test binary {name}"))?;
+        let (code, output) = lsan(root, &runtime, name, &exe, &[])?;
+        let leaked = output.contains("ERROR: LeakSanitizer: detected memory leaks");
+        let ok = code == Some(0) && !leaked;
+        eprintln!("lsan {name:<18} {}", if ok { "ok" } else { "FAILED" });
+        if !ok {
+            failed.push(name);
+            eprintln!(
+                "--- {name}: exit status {code:?} (23: leaks; 101: a test failed), output in target/valgrind/{name}.lsan.out\n{}",
+                output.lines().filter(|l| !l.starts_with("test ")).take(60).collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    if !failed.is_empty() {
+        bail!("LeakSanitizer found leaks in {} (see above); fix them, or add a suppression with its reason to tests/lsan.supp", failed.join(", "));
+    }
+    let control = exe_of(CONTROL).with_context(|| format!("no test binary {CONTROL}"))?;
+    let (code, output) = lsan(
+        root,
+        &runtime,
+        "valgrind_control-leaks_4242_bytes",
+        &control,
+        &["--ignored", "--exact", "leaks_4242_bytes"],
+    )?;
+    let proof = "Direct leak of 4242 byte(s) in 1 object(s)";
+    if code == Some(0) || !output.contains(proof) {
+        bail!(
+            "the positive control {CONTROL}::leaks_4242_bytes was not reported by LeakSanitizer (exit status {code:?}, no {proof:?}): \
+             the LeakSanitizer step cannot be trusted"
+        );
+    }
+    eprintln!("lsan control leaks_4242_bytes   reported as it must be: {proof:?}");
     Ok(())
 }
 
