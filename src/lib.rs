@@ -68,9 +68,10 @@
 //!
 //! With the `allocator-api2` feature, `Local` wraps any
 //! `allocator_api2::Allocator` (allocator-api2 0.2: hashbrown 0.16,
-//! bumpalo 3) and is one itself: the same [`Stats`] per instance, measured
-//! scopes (`Local::measure`), `local_*` probes carrying the instance id,
-//! safe to share between threads. Its calls never reach the global
+//! bumpalo 3; `allocator-api2-03` and `allocator-api2-04` add those
+//! versions' traits) and is one itself: the same [`Stats`] per instance,
+//! measured scopes (`Local::measure`), `local_*` probes carrying the
+//! instance id, safe to share between threads. Its calls never reach the global
 //! wrapper's figures, unless the inner allocator itself uses the global
 //! allocator (then those inner calls are counted there, once). The README's
 //! "Local allocators" section has the seed experiment (a pool against the
@@ -126,7 +127,7 @@ mod alloc;
 pub mod compat;
 mod future;
 mod histogram;
-#[cfg(feature = "allocator-api2")]
+#[cfg(any(feature = "allocator-api2", feature = "allocator-api2-03", feature = "allocator-api2-04"))]
 mod local;
 pub mod probes;
 mod scope;
@@ -140,7 +141,7 @@ pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
 pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 pub use crate::future::MeasuredFuture;
 pub use crate::histogram::{Histogram, BUCKETS};
-#[cfg(feature = "allocator-api2")]
+#[cfg(any(feature = "allocator-api2", feature = "allocator-api2-03", feature = "allocator-api2-04"))]
 pub use crate::local::Local;
 pub use crate::stats::Stats;
 pub use crate::summary::HeapSummary;

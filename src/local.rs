@@ -1,5 +1,7 @@
 //! [`Local`]: counts and probes a local allocator (any
-//! `allocator_api2::Allocator`), per instance.
+//! `allocator_api2::Allocator`), per instance. The `Allocator` traits of
+//! allocator-api2 0.2, 0.3 and 0.4 are the same shape: one macro implements
+//! each version a feature turns on.
 //!
 //! Counting: the first thread that calls an instance becomes its owner and
 //! bumps the owner counters with plain load + store pairs, as the global
@@ -18,8 +20,6 @@ use core::alloc::Layout;
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-
-use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::probes;
 use crate::stats::Stats;
@@ -309,13 +309,13 @@ impl<A> Local<A> {
     }
 
     #[inline(always)]
-    fn resize(
+    fn resize<E>(
         &self,
         ptr: NonNull<u8>,
         old_layout: Layout,
         new_layout: Layout,
-        result: Result<NonNull<[u8]>, AllocError>,
-    ) -> Result<NonNull<[u8]>, AllocError> {
+        result: Result<NonNull<[u8]>, E>,
+    ) -> Result<NonNull<[u8]>, E> {
         match result {
             Ok(new) => self.resized(ptr, new, old_layout, new_layout),
             Err(_) => self.failed(new_layout),
@@ -354,74 +354,87 @@ impl<A> core::fmt::Debug for Local<A> {
     }
 }
 
-// SAFETY: every method forwards to the same method of `inner` with the
-// caller's arguments unchanged and returns its result unchanged, so `inner`'s
-// guarantees (blocks stay valid until deallocated through it or a clone of
-// it, and so on) are ours. The bookkeeping never allocates, panics or blocks.
-unsafe impl<A: Allocator> Allocator for Local<A> {
-    #[inline]
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        let result = self.inner.allocate(layout);
-        match result {
-            Ok(ptr) => self.allocated(ptr, layout),
-            Err(_) => self.failed(layout),
+/// Implements the `Allocator` trait of the allocator-api2 crate `$api` for
+/// `Local<A>`, for an `A` that implements it.
+macro_rules! impl_allocator {
+    ($api:ident) => {
+        // SAFETY: every method forwards to the same method of `inner` with the
+        // caller's arguments unchanged and returns its result unchanged, so `inner`'s
+        // guarantees (blocks stay valid until deallocated through it or a clone of
+        // it, and so on) are ours. The bookkeeping never allocates, panics or blocks.
+        unsafe impl<A: $api::alloc::Allocator> $api::alloc::Allocator for Local<A> {
+            #[inline]
+            fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, $api::alloc::AllocError> {
+                let result = self.inner.allocate(layout);
+                match result {
+                    Ok(ptr) => self.allocated(ptr, layout),
+                    Err(_) => self.failed(layout),
+                }
+                result
+            }
+
+            #[inline]
+            fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, $api::alloc::AllocError> {
+                let result = self.inner.allocate_zeroed(layout);
+                match result {
+                    Ok(ptr) => self.allocated(ptr, layout),
+                    Err(_) => self.failed(layout),
+                }
+                result
+            }
+
+            #[inline]
+            unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+                let size = layout.size();
+                self.count((size as i64).wrapping_neg(), |t, w| t.deallocated(size, w));
+                probes::local_dealloc(self.id, ptr.as_ptr() as u64, size as u64, layout.align() as u64);
+                // SAFETY: the caller guarantees `ptr` was allocated by this
+                // allocator (so by `inner`) with `layout`.
+                unsafe { self.inner.deallocate(ptr, layout) }
+            }
+
+            #[inline]
+            unsafe fn grow(
+                &self,
+                ptr: NonNull<u8>,
+                old_layout: Layout,
+                new_layout: Layout,
+            ) -> Result<NonNull<[u8]>, $api::alloc::AllocError> {
+                // SAFETY: the caller guarantees `grow`'s contract; forwarded unchanged.
+                let result = unsafe { self.inner.grow(ptr, old_layout, new_layout) };
+                self.resize(ptr, old_layout, new_layout, result)
+            }
+
+            #[inline]
+            unsafe fn grow_zeroed(
+                &self,
+                ptr: NonNull<u8>,
+                old_layout: Layout,
+                new_layout: Layout,
+            ) -> Result<NonNull<[u8]>, $api::alloc::AllocError> {
+                // SAFETY: the caller guarantees `grow_zeroed`'s contract; forwarded unchanged.
+                let result = unsafe { self.inner.grow_zeroed(ptr, old_layout, new_layout) };
+                self.resize(ptr, old_layout, new_layout, result)
+            }
+
+            #[inline]
+            unsafe fn shrink(
+                &self,
+                ptr: NonNull<u8>,
+                old_layout: Layout,
+                new_layout: Layout,
+            ) -> Result<NonNull<[u8]>, $api::alloc::AllocError> {
+                // SAFETY: the caller guarantees `shrink`'s contract; forwarded unchanged.
+                let result = unsafe { self.inner.shrink(ptr, old_layout, new_layout) };
+                self.resize(ptr, old_layout, new_layout, result)
+            }
         }
-        result
-    }
-
-    #[inline]
-    fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        let result = self.inner.allocate_zeroed(layout);
-        match result {
-            Ok(ptr) => self.allocated(ptr, layout),
-            Err(_) => self.failed(layout),
-        }
-        result
-    }
-
-    #[inline]
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        let size = layout.size();
-        self.count((size as i64).wrapping_neg(), |t, w| t.deallocated(size, w));
-        probes::local_dealloc(self.id, ptr.as_ptr() as u64, size as u64, layout.align() as u64);
-        // SAFETY: the caller guarantees `ptr` was allocated by this
-        // allocator (so by `inner`) with `layout`.
-        unsafe { self.inner.deallocate(ptr, layout) }
-    }
-
-    #[inline]
-    unsafe fn grow(
-        &self,
-        ptr: NonNull<u8>,
-        old_layout: Layout,
-        new_layout: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: the caller guarantees `grow`'s contract; forwarded unchanged.
-        let result = unsafe { self.inner.grow(ptr, old_layout, new_layout) };
-        self.resize(ptr, old_layout, new_layout, result)
-    }
-
-    #[inline]
-    unsafe fn grow_zeroed(
-        &self,
-        ptr: NonNull<u8>,
-        old_layout: Layout,
-        new_layout: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: the caller guarantees `grow_zeroed`'s contract; forwarded unchanged.
-        let result = unsafe { self.inner.grow_zeroed(ptr, old_layout, new_layout) };
-        self.resize(ptr, old_layout, new_layout, result)
-    }
-
-    #[inline]
-    unsafe fn shrink(
-        &self,
-        ptr: NonNull<u8>,
-        old_layout: Layout,
-        new_layout: Layout,
-    ) -> Result<NonNull<[u8]>, AllocError> {
-        // SAFETY: the caller guarantees `shrink`'s contract; forwarded unchanged.
-        let result = unsafe { self.inner.shrink(ptr, old_layout, new_layout) };
-        self.resize(ptr, old_layout, new_layout, result)
-    }
+    };
 }
+
+#[cfg(feature = "allocator-api2")]
+impl_allocator!(allocator_api2);
+#[cfg(feature = "allocator-api2-03")]
+impl_allocator!(allocator_api2_03);
+#[cfg(feature = "allocator-api2-04")]
+impl_allocator!(allocator_api2_04);

@@ -342,3 +342,33 @@ fn threads_sharing_an_instance_are_counted_exactly() {
     // Each thread: ROUNDS vectors, plus its `keep` vector.
     assert_eq!(stats.allocations, THREADS * (ROUNDS + 1), "{stats}");
 }
+
+/// The same `Local` implements the `Allocator` of allocator-api2 0.2, 0.3
+/// and 0.4 (features `allocator-api2`, `allocator-api2-03`,
+/// `allocator-api2-04`): each version's own `Vec`, growing by `grow`.
+#[test]
+fn every_allocator_api2_version_is_counted_the_same() {
+    macro_rules! pushes {
+        ($api:ident) => {{
+            let local = Local::new($api::alloc::Global);
+            let mut v = $api::vec::Vec::<u64, _>::new_in(&local);
+            for i in 0..100 {
+                v.push(i);
+            }
+            let grown = local.stats();
+            drop(v);
+            (grown, local.stats())
+        }};
+    }
+    for (version, (grown, freed)) in
+        [("0.2", pushes!(allocator_api2)), ("0.3", pushes!(allocator_api2_03)), ("0.4", pushes!(allocator_api2_04))]
+    {
+        // Capacity 4, then doubled five times to 128 elements of 8 bytes.
+        assert_eq!(
+            (grown.allocations, grown.reallocations_grown, grown.bytes_allocated, grown.current),
+            (1, 5, 1024, 1024),
+            "allocator-api2 {version}: {grown}"
+        );
+        assert_eq!((freed.deallocations, freed.current, freed.peak), (1, 0, 1024), "allocator-api2 {version}");
+    }
+}
