@@ -154,7 +154,8 @@ impl<A: Sync + 'static> Heapprobe<A> {
     /// the in-process profiler on, the top stacks of what is still live
     /// follow the figures.
     pub fn summary_at_exit(&'static self) -> bool {
-        arm(self)
+        // SAFETY: `self` is `'static`.
+        unsafe { arm(self) }
     }
 }
 
@@ -177,8 +178,9 @@ pub(crate) static LIVE_STACKS: AtomicUsize = AtomicUsize::new(0);
 pub(crate) type LiveStacks = fn(&mut dyn fmt::Write) -> fmt::Result;
 
 fn read<A>(instance: *const ()) -> Stats {
-    // SAFETY: `instance` was registered by `arm::<A>` from a
-    // `&'static Heapprobe<A>`.
+    // SAFETY: `instance` was registered by `arm::<A>`, whose caller
+    // guarantees it stays valid until the process exits. `stats` reads
+    // atomic counters only, never the inner allocator.
     unsafe { &*(instance as *const Heapprobe<A>) }.stats()
 }
 
@@ -187,12 +189,16 @@ fn read<A>(instance: *const ()) -> Stats {
 /// for its first 32 handlers, and its own `calloc` beyond, never Rust's
 /// global allocator), so the global wrapper may call it on its allocator
 /// path.
+///
+/// # Safety
+/// `instance` must stay valid until the process exits (a `static`, as a
+/// `#[global_allocator]` is).
 #[cfg(unix)]
-pub(crate) fn arm<A: Sync + 'static>(instance: &'static Heapprobe<A>) -> bool {
+pub(crate) unsafe fn arm<A>(instance: *const Heapprobe<A>) -> bool {
     if ARMED.compare_exchange(0, 1, AcqRel, Acquire).is_err() {
         return false;
     }
-    INSTANCE.store(instance as *const Heapprobe<A> as *mut (), Release);
+    INSTANCE.store(instance as *mut (), Release);
     READER.store(read::<A> as fn(*const ()) -> Stats as usize, Release);
     // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds.
     if unsafe { libc::atexit(at_exit) } != 0 {
@@ -206,12 +212,17 @@ pub(crate) fn arm<A: Sync + 'static>(instance: &'static Heapprobe<A>) -> bool {
 /// Registers `instance` if `HEAPPROBE_SUMMARY` asks for the summary (any
 /// value but empty or `0`). The environment is read once, with `getenv`
 /// (no allocation); later calls cost one relaxed load. Meant for the global
-/// wrapper's first allocation on a thread (its cold path).
+/// wrapper's first allocation on a thread (its cold path), where `self` is
+/// the `#[global_allocator]` static: `crate::summary::arm_from_env(self)`.
+///
+/// # Safety
+/// As [`arm`]: `instance` stays valid until the process exits.
 #[cfg(unix)]
 #[allow(dead_code)] // called by the global wrapper's cold path, once merged
-pub(crate) fn arm_from_env<A: Sync + 'static>(instance: &'static Heapprobe<A>) {
+pub(crate) unsafe fn arm_from_env<A>(instance: *const Heapprobe<A>) {
     if env_wants_summary() {
-        arm(instance);
+        // SAFETY: the caller's guarantee.
+        unsafe { arm(instance) };
     }
 }
 
@@ -323,8 +334,11 @@ mod tests {
             let small = Layout::from_size_align(50, 8).unwrap();
             COUNTED.dealloc(COUNTED.alloc(small), small);
         }
-        arm_from_env(&COUNTED);
-        arm_from_env(&COUNTED); // a second call changes nothing
+        // SAFETY: `COUNTED` is a static.
+        unsafe {
+            arm_from_env(&COUNTED);
+            arm_from_env(&COUNTED); // a second call changes nothing
+        }
         if std::env::var("CHILD").is_ok_and(|v| v == "exit") {
             std::process::exit(0);
         }
