@@ -64,12 +64,44 @@
 //! deny_allocations(&GLOBAL, || 6 * 7);
 //! ```
 //!
+//! # Local allocators
+//!
+//! With the `allocator-api2` feature, `Local` wraps any
+//! `allocator_api2::Allocator` (allocator-api2 0.2: hashbrown 0.16,
+//! bumpalo 3; `allocator-api2-03` and `allocator-api2-04` add those
+//! versions' traits) and is one itself: the same [`Stats`] per instance,
+//! measured scopes (`Local::measure`), `local_*` probes carrying the
+//! instance id, safe to share between threads. Its calls never reach the global
+//! wrapper's figures, unless the inner allocator itself uses the global
+//! allocator (then those inner calls are counted there, once). The README's
+//! "Local allocators" section has the seed experiment (a pool against the
+//! global allocator) as an example and a benchmark.
+//!
+//! # valgrind and the heap summary
+//!
+//! [`Heapprobe::summary_at_exit`], called once in `main`, prints valgrind's
+//! HEAP SUMMARY figures ([`HeapSummary`]) on stderr when the process exits,
+//! by returning from `main` or through `std::process::exit`:
+//!
+//! ```text
+//! heapprobe: HEAP SUMMARY:
+//! heapprobe:     in use at exit: 844 bytes in 4 blocks
+//! heapprobe:   total heap usage: 11 allocs, 7 frees, 1,162 bytes allocated
+//! heapprobe:           reallocs: 2 (valgrind counts each as 1 alloc + 1 free)
+//! ```
+//!
+//! "In use at exit" agrees with valgrind's; its totals also count libc's
+//! own calls and a realloc as an alloc plus a free (the README explains the
+//! difference). The repository's `cargo xtask test` runs the library's test
+//! binaries under valgrind's memcheck and LeakSanitizer.
+//!
 //! # Probes
 //!
 //! Every call fires a USDT (SystemTap SDT) probe of provider `heapprobe`,
 //! defined once in `probes/heapprobe.d`: `alloc`, `dealloc`, `realloc`, the
 //! `*_locked` variants inside measured scopes, `scope_begin`, `scope_end` and
-//! `alloc_failed`. All arguments are integers. An untraced probe is a `nop`.
+//! `alloc_failed`, and the `local_*` probes of `Local` allocators. All
+//! arguments are integers. An untraced probe is a `nop`.
 //! Cargo features pick the backend: `probe` (default, no semaphore), `usdt`
 //! (semaphore-guarded), or neither (probes compiled out). [`probes::BACKEND`]
 //! says which one this build has.
@@ -106,9 +138,12 @@ pub mod compat;
 pub mod export;
 mod future;
 mod histogram;
+#[cfg(any(feature = "allocator-api2", feature = "allocator-api2-03", feature = "allocator-api2-04"))]
+mod local;
 pub mod probes;
 mod scope;
 mod stats;
+mod summary;
 mod tally;
 mod testing;
 mod thread;
@@ -119,7 +154,10 @@ pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM
 pub use crate::export::{serve, serve_with};
 pub use crate::future::MeasuredFuture;
 pub use crate::histogram::{Histogram, BUCKETS};
+#[cfg(any(feature = "allocator-api2", feature = "allocator-api2-03", feature = "allocator-api2-04"))]
+pub use crate::local::Local;
 pub use crate::stats::Stats;
+pub use crate::summary::HeapSummary;
 #[doc(hidden)]
 pub use crate::testing::__private;
 pub use crate::testing::{

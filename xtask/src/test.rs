@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the whole test suite, as CI runs it.
 
 mod current_bpftrace;
+mod valgrind;
 
 use std::path::Path;
 use std::process::Command;
@@ -60,6 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("\n==> cargo test, {name}");
         exec(&mut cargo_test(flags))?;
     }
+    valgrind::run(!args.no_install)?;
     if args.no_current_bpftrace {
         eprintln!("\nskipping the scripts and trace tests with a current bpftrace (--no-current-bpftrace)");
     } else if !is_root() {
