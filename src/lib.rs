@@ -102,7 +102,9 @@ mod tally;
 mod testing;
 mod thread;
 
-pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE, MAX_THREADS};
+#[allow(deprecated)]
+pub use crate::alloc::MAX_THREADS;
+pub use crate::alloc::{Heapprobe, GLOBAL_PEAK_GRANULE};
 pub use crate::compat::{LockedAllocator, Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 pub use crate::future::MeasuredFuture;
 pub use crate::histogram::{Histogram, BUCKETS};
