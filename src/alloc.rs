@@ -17,6 +17,9 @@ use crate::stats::Stats;
 use crate::tally::{Slot, Slots, Tally, Writer};
 use crate::thread::{self, ThreadState, BUSY, EXITED, NO_SLOT, UNBOUND};
 
+/// The bit of [`Heapprobe::key`] that diverts every thread to the slow path.
+const DIVERTED: usize = 4;
+
 /// Formerly the most threads that could hold a private counter slot at once.
 ///
 /// There is no such limit any more: slots live in blocks of memory that
@@ -55,6 +58,11 @@ pub const GLOBAL_PEAK_GRANULE: i64 = 64 * 1024;
 /// ```
 pub struct Heapprobe<A> {
     inner: A,
+    /// What a thread's fast word must equal for the fast path: this
+    /// instance's address (set when it binds its first thread; 0 before,
+    /// which no fast word equals), with [`DIVERTED`] set to send every call
+    /// through the slow path. Read by every call, written almost never.
+    key: AtomicUsize,
     /// Per-thread counters, in blocks mapped on demand.
     slots: Slots,
     /// Counters of calls from threads without a slot of this instance.
@@ -75,6 +83,7 @@ impl<A> Heapprobe<A> {
     pub const fn new(inner: A) -> Self {
         Self {
             inner,
+            key: AtomicUsize::new(0),
             slots: Slots::new(),
             overflow: Tally::new(),
             global_net: AtomicI64::new(0),
@@ -149,6 +158,16 @@ impl<A> Heapprobe<A> {
         self.reentered.load(Relaxed)
     }
 
+    /// Sends every thread's calls through the slow path while `on`, at no
+    /// cost to the fast path: the key its one compare reads stops matching
+    /// any thread's fast word. For a hook that must see every call (the
+    /// sampling profiler of issue 13): place it in the slow path only.
+    #[allow(dead_code)] // the profiler's switch; not used by anything else yet
+    pub(crate) fn divert(&self, on: bool) {
+        let key = if on { self.id() | DIVERTED } else { self.id() };
+        self.key.store(key, Relaxed);
+    }
+
     /// How much memory this instance has mapped for counter slots: the
     /// number of blocks of 64 slots, and their size in bytes.
     pub fn slot_memory(&self) -> (usize, usize) {
@@ -209,6 +228,8 @@ impl<A> Heapprobe<A> {
         let _ = key;
         state.instance.set(self.id());
         state.slot.set(slot);
+        // The first bound thread switches the fast path on (unless diverted).
+        let _ = self.key.compare_exchange(0, self.id(), Relaxed, Relaxed);
         Some(slot)
     }
 
@@ -247,7 +268,7 @@ impl<A> Heapprobe<A> {
     fn fast_state(&self) -> Option<&ThreadState> {
         // SAFETY: `current` returns this thread's live thread-local.
         let state = unsafe { &*thread::current()? };
-        (state.fast.get() == self.id()).then_some(state)
+        (state.fast.get() == self.key.load(Relaxed)).then_some(state)
     }
 
     /// Enters the slow path: marks the thread busy (unless the call is
@@ -615,5 +636,66 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for &Heapprobe<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: same contract, forwarded.
         unsafe { (**self).realloc(ptr, layout, new_size) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicBool;
+    use std::alloc::System;
+
+    /// When set, the next inner `alloc` allocates and frees 8 bytes through
+    /// [`PROBE`] itself: a re-entrant call, which only the slow path sees.
+    static REENTER: AtomicBool = AtomicBool::new(false);
+
+    struct Reentering;
+
+    // SAFETY: forwards to System; the re-entrant calls are a valid alloc and
+    // dealloc pair through `PROBE`, which also forwards to System.
+    unsafe impl GlobalAlloc for Reentering {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if REENTER.swap(false, Relaxed) {
+                let l = Layout::new::<u64>();
+                // SAFETY: a valid layout, freed with the same layout.
+                unsafe { PROBE.dealloc(PROBE.alloc(l), l) };
+            }
+            // SAFETY: caller's contract, forwarded.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: caller's contract, forwarded.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    static PROBE: Heapprobe<Reentering> = Heapprobe::new(Reentering);
+
+    #[test]
+    fn divert_sends_calls_through_the_slow_path_and_counts_them_the_same() {
+        std::thread::spawn(|| {
+            let l = Layout::from_size_align(48, 8).unwrap();
+            let pair = || {
+                REENTER.store(true, Relaxed);
+                // SAFETY: a valid layout, freed with the same layout.
+                unsafe { PROBE.dealloc(PROBE.alloc(l), l) };
+            };
+            pair(); // binds this thread (slow path): re-entry seen
+            assert_eq!(PROBE.reentrant_calls(), 2);
+            let before = PROBE.thread_stats();
+            pair(); // fast path: the re-entrant pair is counted, not flagged
+            assert_eq!(PROBE.reentrant_calls(), 2);
+            PROBE.divert(true);
+            pair(); // diverted: slow path, flagged
+            assert_eq!(PROBE.reentrant_calls(), 4);
+            PROBE.divert(false);
+            pair(); // fast again
+            assert_eq!(PROBE.reentrant_calls(), 4);
+            let d = PROBE.thread_stats() - before;
+            assert_eq!((d.allocations, d.deallocations, d.bytes_allocated), (6, 6, 3 * (48 + 8)));
+            assert_eq!((d.current, PROBE.thread_stats().peak - before.peak), (0, 0));
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -80,7 +80,7 @@ impl<A> Heapprobe<A> {
         slot.scope_carry.store(start_net, Relaxed);
         slot.scope_depth.store(slot.scope_depth.load(Relaxed).saturating_add(1), Relaxed);
         // Calls inside a scope take the slow path, which fires `*_locked`.
-        state.fast.set(0);
+        state.fast.set(thread::SLOW);
         probes::scope_begin(id);
 
         let result = f();

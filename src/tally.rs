@@ -192,7 +192,6 @@ impl Tally {
     }
 }
 
-
 /// One thread's counters. Aligned to two cache lines so that neighbouring
 /// slots never share a line (adjacent-line prefetch included).
 ///
@@ -427,7 +426,7 @@ impl Block {
         loop {
             let index = (!used).trailing_zeros() as usize;
             let slot = self.slots.get(index)?; // None when all 64 are used
-            // Acquire: see the counts the previous owner left (its Release).
+                                               // Acquire: see the counts the previous owner left (its Release).
             match self.used.compare_exchange_weak(used, used | 1 << index, Acquire, Relaxed) {
                 Ok(_) => {
                     self.claimed.fetch_max(index + 1, Release);

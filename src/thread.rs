@@ -11,6 +11,12 @@ use core::sync::atomic::Ordering::Relaxed;
 
 use crate::tally::Slot;
 
+/// `ThreadState::fast` of a thread that must take the slow path: not bound,
+/// or inside a measured scope. No instance key is ever 2 (keys are aligned
+/// addresses), and unlike 0 it cannot match the key of an instance that has
+/// not bound a thread yet.
+pub(crate) const SLOW: usize = 2;
+
 /// The bit set in `ThreadState::fast` while the thread is inside an
 /// allocator call of any `Heapprobe` (a call that arrives then is
 /// re-entrant). Instance addresses are aligned, so the bit is free; setting
@@ -28,12 +34,14 @@ pub(crate) const NO_SLOT: usize = 2;
 /// What a thread knows about itself.
 pub(crate) struct ThreadState {
     /// The address of the `Heapprobe` whose fast path this thread takes:
-    /// the thread is bound to it, has no measured scope open and is not
-    /// inside an allocator call. Anything else (0, or the [`BUSY`] bit set)
-    /// sends every call through the slow path. One compare decides it.
+    /// the thread is bound to it and has no measured scope open. Else
+    /// [`SLOW`]; the [`BUSY`] bit is set on top while a slow-path call is
+    /// inside the inner allocator. Each call compares it with the instance's
+    /// key, which is the instance's address unless every thread is being
+    /// diverted to the slow path (`Heapprobe::divert`): one compare decides.
     ///
-    /// Invariant: when this equals an instance's address, `instance` holds
-    /// the same address and `slot` the thread's live slot in it.
+    /// Invariant: when this equals an instance's key, `instance` holds the
+    /// instance's address and `slot` the thread's live slot in it.
     pub(crate) fast: Cell<usize>,
     /// The address of the `Heapprobe` this thread's slot belongs to, or
     /// [`UNBOUND`], [`EXITED`], [`NO_SLOT`].
@@ -44,7 +52,7 @@ pub(crate) struct ThreadState {
 
 std::thread_local! {
     static THREAD: ThreadState = const {
-        ThreadState { fast: Cell::new(0), instance: Cell::new(UNBOUND), slot: Cell::new(ptr::null()) }
+        ThreadState { fast: Cell::new(SLOW), instance: Cell::new(UNBOUND), slot: Cell::new(ptr::null()) }
     };
 }
 
@@ -57,11 +65,11 @@ pub(crate) fn current() -> Option<*const ThreadState> {
 
 /// What [`ThreadState::fast`] should hold for a thread that is not inside
 /// an allocator call: the address of the instance it is bound to if it may
-/// take that instance's fast path (no measured scope open), else 0.
+/// take that instance's fast path (no measured scope open), else [`SLOW`].
 pub(crate) fn fast_value(state: &ThreadState) -> usize {
     let instance = state.instance.get();
     if instance <= NO_SLOT {
-        return 0;
+        return SLOW;
     }
     // SAFETY: the thread is bound (`instance` is an address), so `slot` is
     // its live slot.
@@ -69,7 +77,7 @@ pub(crate) fn fast_value(state: &ThreadState) -> usize {
     if slot.scope_depth.load(Relaxed) == 0 {
         instance
     } else {
-        0
+        SLOW
     }
 }
 
@@ -80,7 +88,7 @@ pub(crate) unsafe extern "C" fn release(slot: *mut libc::c_void) {
         // SAFETY: `current` returns this thread's live thread-local.
         let state = unsafe { &*state };
         if state.slot.get() == slot as *const Slot {
-            state.fast.set(0);
+            state.fast.set(SLOW);
             state.instance.set(EXITED);
             state.slot.set(ptr::null());
         }
