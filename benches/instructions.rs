@@ -38,8 +38,9 @@ const VARIANTS: [(&str, &str); 6] = [
 
 /// The workloads: (name, row title, repetitions `n`, repetitions for dhat,
 /// whose every call captures a backtrace and is ~100× slower under valgrind).
-const WORKLOADS: [(&str, &str, u64, u64); 3] = [
+const WORKLOADS: [(&str, &str, u64, u64); 4] = [
     ("alloc_free_32b", "alloc+free 32 B (malloc path), per pair", 100_000, 2_000),
+    ("alloc_free_32b_thread_1001", "the same on the 1001st live thread, per pair", 100_000, 2_000),
     ("vec_growth_1000", "`Vec<u64>` growth to 1000 + drop, per Vec (1 alloc, 8 reallocs, 1 free)", 1_000, 20),
     ("hashmap_10k", "`HashMap<String, Vec<u8>>` of 10 000 built + dropped, per map", 2, 1),
 ];
@@ -159,6 +160,7 @@ fn instructions(valgrind: &str, bin: &Path, workload: &str, n: u64, out_dir: &Pa
     let out = out_dir.join(format!("{variant}.{workload}.{n}.out"));
     let mut cmd = Command::new(valgrind);
     cmd.arg("--tool=callgrind")
+        .arg("--max-threads=1100") // alloc_free_32b_thread_1001 has 1002
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(format!("--toggle-collect=hp_bench_{workload}"))
         .arg(bin)
