@@ -200,9 +200,9 @@ impl Tally {
 /// net is below its highest value since the last *mark*, so an allocation
 /// lowers it (and clamps it at 0: a new high) and a free raises it, with no
 /// compare against a separate peak. A mark (a scope begins or ends, a peak is
-/// reset) folds that high into `thread_carry` and `scope_carry` and restarts
-/// it from the current net, which lets one high serve the thread's peak and
-/// every open scope's peak exactly.
+/// reset, the net is published) folds that high into `thread_carry` and
+/// `scope_carry` and restarts it from the current net, which lets one high
+/// serve the thread's peak and every open scope's peak exactly.
 #[repr(C, align(128))]
 pub(crate) struct Slot {
     /// `high - net`, where `high` is the highest net since the last mark.
