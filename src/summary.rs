@@ -218,7 +218,6 @@ pub(crate) unsafe fn arm<A>(instance: *const Heapprobe<A>) -> bool {
 /// # Safety
 /// As [`arm`]: `instance` stays valid until the process exits.
 #[cfg(unix)]
-#[allow(dead_code)] // called by the global wrapper's cold path, once merged
 pub(crate) unsafe fn arm_from_env<A>(instance: *const Heapprobe<A>) {
     if env_wants_summary() {
         // SAFETY: the caller's guarantee.

@@ -140,6 +140,30 @@ fn silent_when_not_asked() {
     assert!(!stderr.contains("HEAP SUMMARY"), "{stderr}");
 }
 
+#[test]
+fn printed_when_the_environment_asks_with_no_call_in_main() {
+    // LEAKS_MODE=silent: the program never calls `summary_at_exit`; the
+    // global wrapper arms the summary on its first allocation.
+    let with_env = |empty: bool, value: &str| {
+        let mut cmd = Command::new(leaks_program());
+        cmd.env("HEAPPROBE_SUMMARY", value)
+            .env("LEAKS_MODE", "silent")
+            .env("LEAKS_EMPTY", if empty { "1" } else { "0" });
+        let out = cmd.output().unwrap_or_else(|e| panic!("failed to run {cmd:?}: {e}"));
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = with_env(false, "1");
+    let with = parse_summary(&stderr).expect("HEAPPROBE_SUMMARY=1 prints the summary");
+    let control = with_env(true, "1");
+    assert_eq!(difference(with, parse_summary(&control).expect("control")), PATTERN, "{stderr}\n{control}");
+    // `0` and empty mean no.
+    for value in ["0", ""] {
+        let stderr = with_env(false, value);
+        assert_eq!(parse_summary(&stderr), None, "HEAPPROBE_SUMMARY={value:?}: {stderr}");
+    }
+}
+
 /// valgrind's figures from its own HEAP SUMMARY and LEAK SUMMARY.
 #[derive(Debug)]
 struct Valgrind {
