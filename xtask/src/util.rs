@@ -20,6 +20,61 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Spawns `cmd` (a recorder: perf, bpftrace) so that the kernel kills it
+/// with SIGKILL when this process dies, however it dies: a recorder orphaned
+/// by a killed xtask would keep its uprobes busy and go on recording.
+///
+/// The kernel sends the signal when the parent *thread* exits, so this must
+/// run on the main thread, which lives as long as the process.
+pub fn spawn_tied(cmd: &mut Command) -> anyhow::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id();
+    // SAFETY: gettid has no preconditions.
+    if unsafe { libc::gettid() } as u32 != parent {
+        bail!(
+            "internal error: {:?} must be spawned from the main thread (its death signal follows the spawning thread)",
+            display(cmd)
+        );
+    }
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only async-signal-safe functions (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // We died between fork and prctl: the signal will never come.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("failed to run {:?}", display(cmd)))
+}
+
+/// The command line that runs `exe` with `args` so that it gets SIGKILL when
+/// its parent (the recorder that runs it for us) dies: `setpriv --pdeathsig
+/// KILL -- exe args`. With the recorder tied to us ([`spawn_tied`]), a program
+/// we launched cannot outlive us, stopped or running.
+pub fn tied_to_parent(exe: &Path, args: &[String]) -> Vec<std::ffi::OsString> {
+    let mut line: Vec<std::ffi::OsString> = ["setpriv", "--pdeathsig", "KILL", "--"].map(Into::into).to_vec();
+    line.push(exe.as_os_str().to_owned());
+    line.extend(args.iter().map(Into::into));
+    line
+}
+
+/// Checks that `setpriv --pdeathsig` (util-linux 2.33 or later) is there:
+/// the programs we launch under a recorder run through it.
+pub fn require_setpriv() -> anyhow::Result<()> {
+    let out = Command::new("setpriv").arg("--help").output();
+    match out {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("--pdeathsig") => Ok(()),
+        Ok(_) => bail!("setpriv has no --pdeathsig option: install util-linux 2.33 or later"),
+        Err(e) => bail!("cannot run setpriv ({e}): install util-linux (`apt-get install -y util-linux`)"),
+    }
+}
+
 /// Whether `program --version` runs successfully.
 pub fn has_tool(program: &str) -> bool {
     Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
@@ -175,6 +230,11 @@ impl Progress {
         } else {
             eprintln!("[{}] {what}", self.step.get());
         }
+    }
+
+    /// A line of detail under the current step.
+    pub fn note(&self, what: &str) {
+        eprintln!("    {what}");
     }
 
     /// On a terminal, a line that counts the seconds `what` has been running
