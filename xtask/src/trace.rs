@@ -287,9 +287,6 @@ pub enum Ended {
     Exited(i32),
     /// A signal killed it.
     Signalled(i32),
-    /// It ended without calling `_exit` (bpftrace cannot tell more: a crash
-    /// or a kill).
-    Vanished,
 }
 
 impl std::fmt::Display for Ended {
@@ -308,13 +305,16 @@ impl std::fmt::Display for Ended {
                 };
                 write!(f, "killed by signal {signal} ({name})")
             }
-            Ended::Vanished => write!(f, "ended without calling _exit (crashed or killed)"),
         }
     }
 }
 
 /// The pid of the recording tool, for forwarding Ctrl-C (0 = none).
 pub static RECORDER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// The pid of a program we run ourselves (not through the recorder) while it
+/// runs, for forwarding Ctrl-C to it instead: the recorder ends with it.
+pub static TARGET_PID: AtomicU32 = AtomicU32::new(0);
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     check_event(&args)?;
@@ -332,7 +332,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Backend::Perf => util::require_tool("PERF", "perf", "linux-perf")?,
         Backend::Bpftrace => util::require_tool("BPFTRACE", "bpftrace", "bpftrace")?,
     };
-    util::require_setpriv()?;
+    let setpriv = util::require_setpriv()?;
     sweep_stale_state(&args.output)?;
     install_ctrlc_forwarding()?;
 
@@ -374,7 +374,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     progress.step(&format!("recording {label} ({sites} probe sites of heapprobe:{}, {:?})", args.event, args.backend));
     let started = Instant::now();
     let (recording, work) = match args.backend {
-        Backend::Perf => record_with_perf(&args, &tool, &binary, &exe, &run_args, &progress)?,
+        Backend::Perf => record_with_perf(&args, &tool, &binary, &exe, &run_args, &setpriv, &progress)?,
         Backend::Bpftrace => {
             let workload = bpftrace::Workload { exe: &exe, args: &run_args, pid: args.pid, duration: args.duration };
             (bpftrace::record(&tool, &binary, &args.event, args.weight, &workload, &progress, args.verbose)?, None)
@@ -502,6 +502,7 @@ fn record_with_perf(
     binary: &Binary,
     exe: &Path,
     run_args: &[String],
+    setpriv: &Path,
     progress: &Progress,
 ) -> anyhow::Result<(Recording, Option<PathBuf>)> {
     let mut group = UprobeGroup::new("trace")?;
@@ -514,7 +515,14 @@ fn record_with_perf(
     let recorded = perf::record(
         perf,
         &group,
-        &perf::Workload { exe, args: run_args, pid: args.pid, duration: args.duration, call_graph: args.call_graph },
+        &perf::Workload {
+            exe,
+            args: run_args,
+            setpriv,
+            pid: args.pid,
+            duration: args.duration,
+            call_graph: args.call_graph,
+        },
         &data,
         &work,
         progress,
@@ -611,7 +619,10 @@ fn work_dir(output: &Path) -> anyhow::Result<PathBuf> {
 /// we fold what it recorded and remove the probes.
 fn install_ctrlc_forwarding() -> anyhow::Result<()> {
     ctrlc::set_handler(|| {
-        let pid = RECORDER_PID.load(Ordering::SeqCst);
+        let pid = match TARGET_PID.load(Ordering::SeqCst) {
+            0 => RECORDER_PID.load(Ordering::SeqCst),
+            target => target,
+        };
         if pid != 0 {
             // SAFETY: kill(2) with a pid we spawned and SIGINT has no memory effects.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };

@@ -56,22 +56,33 @@ pub fn spawn_tied(cmd: &mut Command) -> anyhow::Result<std::process::Child> {
 /// The command line that runs `exe` with `args` so that it gets SIGKILL when
 /// its parent (the recorder that runs it for us) dies: `setpriv --pdeathsig
 /// KILL -- exe args`. With the recorder tied to us ([`spawn_tied`]), a program
-/// we launched cannot outlive us, stopped or running.
-pub fn tied_to_parent(exe: &Path, args: &[String]) -> Vec<std::ffi::OsString> {
-    let mut line: Vec<std::ffi::OsString> = ["setpriv", "--pdeathsig", "KILL", "--"].map(Into::into).to_vec();
+/// we launched cannot outlive us, stopped or running. `setpriv` is the path
+/// [`require_setpriv`] found.
+pub fn tied_to_parent(setpriv: &Path, exe: &Path, args: &[String]) -> Vec<std::ffi::OsString> {
+    let mut line: Vec<std::ffi::OsString> = vec![setpriv.as_os_str().to_owned()];
+    line.extend(["--pdeathsig", "KILL", "--"].map(Into::into));
     line.push(exe.as_os_str().to_owned());
     line.extend(args.iter().map(Into::into));
     line
 }
 
-/// Checks that `setpriv --pdeathsig` (util-linux 2.33 or later) is there:
-/// the programs we launch under a recorder run through it.
-pub fn require_setpriv() -> anyhow::Result<()> {
-    let out = Command::new("setpriv").arg("--help").output();
+/// The absolute path of `setpriv` (util-linux 2.33 or later, for
+/// `--pdeathsig`): the programs we launch under a recorder run through it.
+/// (bpftrace's `-c` wants a path that names one file, not a name that
+/// `/bin` and `/usr/bin` both hold.)
+pub fn require_setpriv() -> anyhow::Result<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("setpriv"))
+        .find(|p| p.is_file())
+        .context("setpriv is not installed: run `apt-get install -y util-linux`")?;
+    let path = found.canonicalize().with_context(|| format!("cannot resolve {}", found.display()))?;
+    let out = Command::new(&path).arg("--help").output();
     match out {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("--pdeathsig") => Ok(()),
-        Ok(_) => bail!("setpriv has no --pdeathsig option: install util-linux 2.33 or later"),
-        Err(e) => bail!("cannot run setpriv ({e}): install util-linux (`apt-get install -y util-linux`)"),
+        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("--pdeathsig") => Ok(path),
+        Ok(_) => bail!("{} has no --pdeathsig option: install util-linux 2.33 or later", path.display()),
+        Err(e) => bail!("cannot run {} ({e}): install util-linux (`apt-get install -y util-linux`)", path.display()),
     }
 }
 

@@ -19,7 +19,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,19 +59,27 @@ pub fn record(
     verbose: bool,
 ) -> anyhow::Result<Recording> {
     let exe = workload.exe.canonicalize().with_context(|| format!("cannot resolve {}", workload.exe.display()))?;
-    if workload.pid.is_none()
-        && (workload.args.iter().any(|a| a.contains(char::is_whitespace) || a.is_empty())
-            || exe.to_string_lossy().contains(char::is_whitespace))
-    {
-        bail!("bpftrace's -c cannot pass a program or arguments containing spaces: use --backend perf");
-    }
+    // A program of ours starts stopped, and bpftrace attaches to it by pid
+    // like to any other process (not with `-c`, whose child is bpftrace's:
+    // it could outlive us, and bpftrace 0.17 finds no usdt probes in it
+    // when it runs through a wrapper).
+    let mut launched = match workload.pid {
+        Some(_) => None,
+        None => Some(Launched::start(&exe, workload.args, verbose)?),
+    };
+    let pid = match (&launched, workload.pid) {
+        (Some(launched), _) => launched.pid,
+        (None, Some(pid)) => pid,
+        (None, None) => unreachable!("either launched or attached"),
+    };
     let libc = match workload.pid {
         Some(pid) => libc_of(pid)?,
+        // Not mapped yet (it is stopped right after exec): it links ours.
         None => libc_path()?,
     };
-    let program = program(&exe, event, weight, workload.pid, workload.duration, &libc)?;
+    let program = program(event, weight, pid, launched.is_some(), workload.duration, &libc)?;
     let mut cmd = Command::new(bpftrace);
-    cmd.args(["--unsafe", "-B", "line", "-e", &program])
+    cmd.args(["--unsafe", "-B", "line", "-e", &program, "-p", &pid.to_string()])
         // The map size: 0.17 reads the first name, current versions the second.
         .env("BPFTRACE_MAP_KEYS_MAX", MAX_STACKS.to_string())
         .env("BPFTRACE_MAX_MAP_KEYS", MAX_STACKS.to_string())
@@ -79,16 +87,9 @@ pub fn record(
         // unless told to cache them (safe: one process is traced): 4096
         // stacks took 33 s to print without, 2 s with.
         .env("BPFTRACE_CACHE_USER_SYMBOLS", "1")
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    match workload.pid {
-        Some(pid) => cmd.args(["-p", &pid.to_string()]),
-        None => {
-            let line = util::tied_to_parent(&exe, workload.args);
-            let line: Vec<String> = line.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-            cmd.arg("-c").arg(line.join(" "))
-        }
-    };
     raise_memlock_limit();
     if verbose {
         eprintln!("$ {}", display(&cmd));
@@ -98,17 +99,22 @@ pub fn record(
     let stderr = child.stderr.take().context("bpftrace's stderr")?;
     let stderr_reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let maps = Arc::new(Mutex::new(Vec::new()));
-    let watcher = workload.pid.map(|pid| MapsWatcher::start(pid, maps.clone()));
-    let read = read_output(&mut child, workload, &maps, progress, verbose);
+    // A program of ours is watched from its release on (it maps its
+    // libraries in its first milliseconds).
+    let mut watcher = workload.pid.map(|pid| MapsWatcher::start(pid, maps.clone()));
+    let read = read_output(&mut child, workload, launched.as_mut(), &maps, &mut watcher, progress, verbose);
     let status = child.wait();
     RECORDER_PID.store(0, Ordering::SeqCst);
+    // A program of ours ends when it ends; bpftrace ends with it.
+    let ended = launched.map(Launched::finish).transpose();
     drop(watcher);
     let status = status.context("waiting for bpftrace")?;
     let stderr = stderr_reader.join().unwrap_or_default();
-    // The traced program's stderr and bpftrace's own, minus bpftrace's
-    // routine lines (the memlock warning is moot: the limit was raised).
+    // bpftrace's own stderr, minus its routine lines (the memlock warning is
+    // moot: the limit was raised).
     let stderr: String = stderr.lines().filter(|l| verbose || !is_routine(l)).collect::<Vec<_>>().join("\n");
-    let (dump, exited) = read?;
+    let dump = read?;
+    let ended = ended?;
     let Some(dump) = dump else {
         bail!("{:?} exited with {status} before printing its maps: {}", display(&cmd), stderr.trim());
     };
@@ -145,29 +151,122 @@ pub fn record(
         stackless: parsed.stackless.count,
         stackless_weight: parsed.stackless.total,
     };
-    let ended = match (workload.pid, exited) {
-        (Some(_), _) => None,
-        (None, Some(code)) => Some(Ended::Exited(code)),
-        (None, None) => Some(Ended::Vanished),
-    };
     Ok(Recording { folded, recorded, status: ended })
 }
 
-/// Reads bpftrace's stdout: the traced program's own lines are passed on,
-/// ours acted on, and the map dump (between [`MAPS_BEGIN`] and [`MAPS_END`])
-/// returned, with the exit code of a launched program that called `_exit`.
+/// A program we run for bpftrace to trace. It starts stopped right after
+/// its exec (`PTRACE_TRACEME`: the kernel stops it before its first
+/// instruction), so that bpftrace can attach to it by pid before it runs,
+/// and gets SIGKILL when we die (`PR_SET_PDEATHSIG`, set by us, its parent):
+/// whatever stops it (bpftrace does, at `_exit`, until we read its map), it
+/// cannot outlive us stopped.
+struct Launched {
+    pid: u32,
+    /// Until [`release`](Self::release).
+    child: Option<std::process::Child>,
+    /// After: waits for it to end (a zombie would keep bpftrace waiting).
+    reaper: Option<std::thread::JoinHandle<std::io::Result<std::process::ExitStatus>>>,
+}
+
+impl Launched {
+    fn start(exe: &Path, args: &[String], verbose: bool) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe and allocates
+        // nothing; it runs in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::ptrace(libc::PTRACE_TRACEME, 0, std::ptr::null_mut::<libc::c_void>(), 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        if verbose {
+            eprintln!("$ {} (started stopped, for bpftrace -p)", display(&cmd));
+        }
+        let mut child = util::spawn_tied(&mut cmd)?;
+        let pid = child.id();
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, into a valid int.
+        let waited = loop {
+            let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+            if r == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break r;
+        };
+        if waited != pid as libc::pid_t || !libc::WIFSTOPPED(status) {
+            let _ = child.kill();
+            bail!("{} did not start (wait status {status:#x})", exe.display());
+        }
+        Ok(Self { pid, child: Some(child), reaper: None })
+    }
+
+    /// Lets it run (bpftrace is attached), and starts reaping it.
+    fn release(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        // SAFETY: it is our tracee, stopped; detaching resumes it.
+        let detached = unsafe {
+            libc::ptrace(libc::PTRACE_DETACH, self.pid as libc::pid_t, std::ptr::null_mut::<libc::c_void>(), 0)
+        };
+        if detached != 0 {
+            let error = std::io::Error::last_os_error();
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error).context("cannot start the traced program (PTRACE_DETACH)");
+        }
+        super::TARGET_PID.store(self.pid, Ordering::SeqCst);
+        self.reaper = Some(std::thread::spawn(move || child.wait()));
+        Ok(())
+    }
+
+    /// How it ended. Never released (bpftrace failed to attach), it is
+    /// killed: it never ran.
+    fn finish(mut self) -> anyhow::Result<Ended> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the program was not run: bpftrace did not attach to it");
+        }
+        // Stopped at `_exit` by a bpftrace that ended before we resumed it.
+        // SAFETY: kill(2) on our own child; no memory effects.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGCONT) };
+        let status = self.reaper.take().expect("released").join().expect("the reaper thread does not panic");
+        super::TARGET_PID.store(0, Ordering::SeqCst);
+        use std::os::unix::process::ExitStatusExt as _;
+        let status = status.context("waiting for the traced program")?;
+        Ok(match status.code() {
+            Some(code) => Ended::Exited(code),
+            None => Ended::Signalled(status.signal().unwrap_or(0)),
+        })
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads bpftrace's stdout: our lines are acted on, and the map dump
+/// (between [`MAPS_BEGIN`] and [`MAPS_END`]) returned.
 fn read_output(
     child: &mut std::process::Child,
     workload: &Workload<'_>,
-    maps: &Mutex<Vec<Mapping>>,
+    mut launched: Option<&mut Launched>,
+    maps: &Arc<Mutex<Vec<Mapping>>>,
+    watcher: &mut Option<MapsWatcher>,
     progress: &Progress,
     verbose: bool,
-) -> anyhow::Result<(Option<String>, Option<i32>)> {
+) -> anyhow::Result<Option<String>> {
     let stdout = child.stdout.take().context("bpftrace's stdout")?;
     let mut dump: Option<String> = None;
     let mut dumped = false;
-    let mut exited = None;
-    let mut blank_lines = 0;
     let mut ticker = util::Ticker::default();
     let mut stacks = 0u64;
     let mut last_note = std::time::Instant::now();
@@ -201,7 +300,10 @@ fn read_output(
         }
         if line == ATTACHED {
             progress.note("attached: recording");
-            if workload.pid.is_some() {
+            if let Some(launched) = launched.as_mut() {
+                launched.release()?;
+                *watcher = Some(MapsWatcher::start(launched.pid, maps.clone()));
+            } else {
                 ticker = match workload.duration {
                     Some(secs) => progress.live(&format!("recording for {secs} s:")),
                     None => progress.live("recording until Ctrl-C:"),
@@ -210,28 +312,22 @@ fn read_output(
             continue;
         }
         if let Some(rest) = line.strip_prefix(EXITING) {
-            let mut fields = rest.split_whitespace().map(|f| f.parse::<i64>());
-            let (Some(Ok(pid)), Some(Ok(code))) = (fields.next(), fields.next()) else {
+            let pid = rest.split_whitespace().next().and_then(|f| f.parse::<u32>().ok());
+            let Some(pid) = pid else {
                 bail!("bpftrace printed a malformed exit line: {line:?}");
             };
-            let pid = pid as u32;
-            if workload.pid.is_none() && exited.is_none() {
-                // The launched program is stopped at `_exit`: take its map,
-                // let it go.
-                merge_maps(maps, read_maps(pid));
-                // SAFETY: kill(2) has no memory effects; the pid is the traced process.
+            merge_maps(maps, read_maps(pid));
+            if launched.is_some() {
+                // Stopped at `_exit` for this read: let it go.
+                // SAFETY: kill(2) has no memory effects; the pid is our child's.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-            } else {
-                // Never stopped: what it has mapped until now, if it is still there.
-                merge_maps(maps, read_maps(pid));
             }
-            exited = Some(code as i32);
             continue;
         }
         if line == MAPS_BEGIN {
             drop(std::mem::take(&mut ticker));
-            if let Some(pid) = workload.pid {
-                merge_maps(maps, read_maps(pid));
+            if workload.pid.is_some() {
+                merge_maps(maps, read_maps(workload.pid.unwrap_or_default()));
             }
             progress.step(
                 "reading bpftrace's stacks (bpftrace resolves the symbols of each stack as it prints it: \
@@ -241,23 +337,19 @@ fn read_output(
             dump = Some(String::new());
             continue;
         }
-        // Until bpftrace prints its maps, stdout is the traced program's
-        // own: pass it on. (Blank lines are held back until a line of the
-        // program's follows: bpftrace prints some of its own.)
-        if line.is_empty() {
-            blank_lines += 1;
-        } else if verbose || !line.starts_with("Attaching ") {
-            for _ in 0..std::mem::take(&mut blank_lines) {
-                println!();
-            }
-            println!("{line}");
+        if line.trim().is_empty() || line.starts_with("Attaching ") {
+            continue;
         }
+        if verbose {
+            eprintln!("bpftrace: {line}");
+        }
+        bail!("bpftrace printed an unexpected line: {line:?}");
     }
     drop(ticker);
     if dump.is_some() && !dumped {
         bail!("bpftrace's output ended in the middle of its maps (no {MAPS_END:?} line)");
     }
-    Ok((dump, exited))
+    Ok(dump)
 }
 
 /// `@name: 0`: a map bpftrace 0.17 prints at exit after we cleared it.
@@ -284,10 +376,10 @@ fn is_routine(line: &str) -> bool {
 
 /// The bpftrace program.
 fn program(
-    exe: &Path,
     event: &str,
     weight: Weight,
-    pid: Option<u32>,
+    pid: u32,
+    launched: bool,
     duration: Option<f64>,
     libc: &Path,
 ) -> anyhow::Result<String> {
@@ -308,28 +400,22 @@ fn program(
     // With -p, bpftrace 0.27 attaches a probe given by the executable's own
     // path twice (as the path and as /proc/PID/root/path): every event
     // counted twice. /proc/PID/exe attaches once, with 0.17 too.
-    let (target, exe) = match pid {
-        Some(pid) => (pid.to_string(), format!("/proc/{pid}/exe")),
-        None => (String::from("cpid"), exe.display().to_string()),
-    };
-    // A launched program is stopped at `_exit` until we have read its map
-    // (bpftrace 0.17 cannot symbolise it once it is gone); a process we
-    // attached to is never stopped: bpftrace just ends with it.
-    let at_exit = match pid {
-        Some(_) => "exit();",
-        None => "signal(\"SIGSTOP\");",
-    };
+    let exe = format!("/proc/{pid}/exe");
+    // A program of ours is stopped at `_exit` until we have read its map
+    // (bpftrace cannot symbolise it once it is gone; it dies with us, so it
+    // cannot be left stopped); a process we attached to is never stopped.
+    let at_exit = if launched { "signal(\"SIGSTOP\");" } else { "" };
     // Every event is kept, zero weights too (non-moving reallocs by
     // `--weight moved`), so that the stacks' counts add up to @events.
     let mut program = format!(
         "BEGIN {{ printf(\"{ATTACHED}\\n\"); }}\n\
-         usdt:{exe}:heapprobe:{event} /pid == {target}/ {{\n\
+         usdt:{exe}:heapprobe:{event} /pid == {pid}/ {{\n\
          \t$w = {value};\n\
          \t@events = count();\n\
          \t@total = sum($w);\n\
          \t@stacks[ustack(perf, 127)] = stats($w);\n\
          }}\n\
-         uprobe:{libc}:_exit /pid == {target}/ {{\n\
+         uprobe:{libc}:_exit /pid == {pid}/ {{\n\
          \tprintf(\"{EXITING}%d %d\\n\", pid, arg0);\n\
          \t{at_exit}\n\
          }}\n\
@@ -493,32 +579,39 @@ fn merge_maps(known: &Mutex<Vec<Mapping>>, newer: Vec<Mapping>) {
     known.extend(newer);
 }
 
-/// Reads a process's map every half second until dropped (and once at
-/// once): libraries it loads while traced are symbolised too, and a process
-/// that exits during the trace was mapped moments before.
+/// Reads a process's map until dropped: at once, then every millisecond for
+/// a tenth of a second, then every half second (a program we launched maps
+/// its libraries in its first milliseconds, and may crash soon after). Libraries loaded while
+/// traced are symbolised too, and a process that ends during the trace was
+/// mapped moments before.
 struct MapsWatcher {
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes and stops the thread.
+    stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MapsWatcher {
     fn start(pid: u32, maps: Arc<Mutex<Vec<Mapping>>>) -> Self {
         merge_maps(&maps, read_maps(pid));
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(500));
+            let started = std::time::Instant::now();
+            loop {
+                let early = started.elapsed() < Duration::from_millis(100);
+                let pause = Duration::from_millis(if early { 1 } else { 500 });
+                if stopped.recv_timeout(pause) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    return;
+                }
                 merge_maps(&maps, read_maps(pid));
             }
         });
-        Self { stop, thread: Some(thread) }
+        Self { stop: Some(stop), thread: Some(thread) }
     }
 }
 
 impl Drop for MapsWatcher {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

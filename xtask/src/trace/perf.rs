@@ -25,6 +25,9 @@ use crate::util::{self, display, Progress};
 pub struct Workload<'a> {
     pub exe: &'a Path,
     pub args: &'a [String],
+    /// `setpriv`, through which a launched program runs (see
+    /// [`util::tied_to_parent`]).
+    pub setpriv: &'a Path,
     /// Attach to this process instead of running `exe`.
     pub pid: Option<u32>,
     pub duration: Option<f64>,
@@ -67,7 +70,7 @@ pub fn record(
             Some(control)
         }
         None => {
-            cmd.arg("--").args(util::tied_to_parent(workload.exe, workload.args));
+            cmd.arg("--").args(util::tied_to_parent(workload.setpriv, workload.exe, workload.args));
             None
         }
     };
