@@ -811,6 +811,22 @@ fn perf_flamegraph_places_probes_right_in_a_rust_lld_binary_and_removes_them() {
     assert_eq!(weight("heapprobe_fixture::known_pattern"), KNOWN_PATTERN_BYTES, "{folded}");
     assert_eq!(weight("heapprobe_fixture::leak_here"), LEAK_BYTES, "{folded}");
     assert_eq!(weight("heapprobe-fixtu"), ALLOC_BYTES, "{folded}");
+    // perf's own count, beside the fold's.
+    assert!(out.stdout.contains(&format!("perf.data holds {ALLOCS} samples; perf lost 0")), "{}", out.stdout);
+    // The capture for `cargo xtask fold` (tests/data holds one, folded by
+    // xtask/tests/fold.rs): perf's count atop, and every event's arguments
+    // named as probes/heapprobe.d names them, so that it weighs by `size=`.
+    let capture = std::fs::read_to_string(tmp.path().join("alloc.txt")).unwrap();
+    assert_eq!(capture.lines().next(), Some(format!("# heapprobe-capture samples={ALLOCS} lost=0").as_str()));
+    let sizes: Vec<u64> = capture
+        .lines()
+        .filter(|l| l.trim_start().starts_with("heapprobe_sh_"))
+        .map(|l| {
+            let size = l.split_whitespace().find_map(|w| w.strip_prefix("size="));
+            size.unwrap_or_else(|| panic!("no size= in {l:?}")).parse().unwrap()
+        })
+        .collect();
+    assert_eq!((sizes.len() as u64, sizes.iter().sum::<u64>()), (ALLOCS, ALLOC_BYTES));
     assert!(heapprobe_sh_uprobes().is_empty(), "{:?}", heapprobe_sh_uprobes());
     // The target did not crash: it still answers, and exits cleanly.
     fixture.exit();
