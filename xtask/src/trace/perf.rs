@@ -80,11 +80,22 @@ pub fn record(
     cmd.stderr(Stdio::piped());
     let mut child = util::spawn_tied(&mut cmd)?;
     RECORDER_PID.store(child.id(), Ordering::SeqCst);
+    // perf's stderr is also the traced program's: passed on as it comes
+    // (minus perf's noise), and kept for error messages.
     let stderr = child.stderr.take().context("perf's stderr")?;
     let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
-        text
+        use std::io::BufRead as _;
+        let mut kept = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if KERNEL_SYMBOL_NOISE.iter().any(|n| line.contains(n)) {
+                continue;
+            }
+            eprintln!("{line}");
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+        kept
     });
     let status = (|| {
         if let Some(control) = &control {
@@ -119,14 +130,7 @@ pub fn record(
     }
     let status = status?;
     let stderr = stderr_reader.join().unwrap_or_default();
-    // Without root, perf cannot read kernel symbols; we record user stacks
-    // only, so its three-line warning about that is noise.
-    let stderr: Vec<&str> = stderr.lines().filter(|l| !KERNEL_SYMBOL_NOISE.iter().any(|n| l.contains(n))).collect();
-    let stderr = stderr.join("\n");
     let stderr = stderr.trim();
-    if !stderr.is_empty() {
-        eprintln!("{stderr}");
-    }
     if !data.exists() {
         bail!("{:?} exited with {status} and recorded nothing: {stderr}", display(&cmd));
     }
@@ -208,7 +212,8 @@ impl Control {
     }
 }
 
-/// perf's warnings about kernel symbols, irrelevant to user-space stacks.
+/// perf's warnings about kernel symbols, irrelevant to user-space stacks
+/// (without root, perf cannot read them; we record user stacks only).
 const KERNEL_SYMBOL_NOISE: [&str; 3] = [
     "Couldn't record kernel reference relocation symbol",
     "Symbol resolution may be skewed if relocation was used",
