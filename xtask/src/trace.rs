@@ -164,6 +164,9 @@ pub struct Recorded {
     pub stackless: u64,
     /// The weight of those events.
     pub stackless_weight: u64,
+    /// What it means when the output holds fewer (or more) events than the
+    /// recorder counted: `"… missing from …"`.
+    pub unparsed_why: &'static str,
 }
 
 /// The frame that stands for events whose stack was lost.
@@ -224,10 +227,7 @@ impl Recorded {
             causes.push(format!("{} dropped by the kernel (the recorder's buffer overflowed)", self.dropped));
         }
         if self.unparsed() > 0 {
-            causes.push(format!(
-                "{} recorded but missing from the recorder's output (please report this, with the recording: --keep)",
-                self.unparsed()
-            ));
+            causes.push(format!("{} {}", self.unparsed(), self.unparsed_why));
         }
         if self.stackless > 0 {
             causes.push(format!(

@@ -101,8 +101,15 @@ pub fn record(
     let maps = Arc::new(Mutex::new(Vec::new()));
     // A program of ours is watched from its release on (it maps its
     // libraries in its first milliseconds).
-    let mut watcher = workload.pid.map(|pid| MapsWatcher::start(pid, maps.clone()));
+    let mut watcher = workload.pid.map(|pid| MapsWatcher::start(pid, maps.clone(), false));
     let read = read_output(&mut child, workload, launched.as_mut(), &maps, &mut watcher, progress, verbose);
+    if read.is_err() {
+        // The trace has failed: nothing is left to wait for.
+        let _ = child.kill();
+        if let Some(launched) = &launched {
+            launched.kill();
+        }
+    }
     let status = child.wait();
     RECORDER_PID.store(0, Ordering::SeqCst);
     // A program of ours ends when it ends; bpftrace ends with it.
@@ -114,10 +121,10 @@ pub fn record(
     // moot: the limit was raised).
     let stderr: String = stderr.lines().filter(|l| verbose || !is_routine(l)).collect::<Vec<_>>().join("\n");
     let dump = read?;
-    let ended = ended?;
     let Some(dump) = dump else {
         bail!("{:?} exited with {status} before printing its maps: {}", display(&cmd), stderr.trim());
     };
+    let ended = ended?;
     if !stderr.trim().is_empty() {
         eprintln!("{}", stderr.trim());
     }
@@ -150,6 +157,8 @@ pub fn record(
         parsed_total: Some(parsed_total + parsed.stackless.total),
         stackless: parsed.stackless.count,
         stackless_weight: parsed.stackless.total,
+        unparsed_why: "counted in bpftrace's @events but not in its stack map, or the other way round (the map \
+                       holds at most 65536 distinct stacks)",
     };
     Ok(Recording { folded, recorded, status: ended })
 }
@@ -220,6 +229,12 @@ impl Launched {
         super::TARGET_PID.store(self.pid, Ordering::SeqCst);
         self.reaper = Some(std::thread::spawn(move || child.wait()));
         Ok(())
+    }
+
+    /// Kills it (SIGKILL ends a stopped process too).
+    fn kill(&self) {
+        // SAFETY: kill(2) on our own child; no memory effects.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
     }
 
     /// How it ended. Never released (bpftrace failed to attach), it is
@@ -302,7 +317,7 @@ fn read_output(
             progress.note("attached: recording");
             if let Some(launched) = launched.as_mut() {
                 launched.release()?;
-                *watcher = Some(MapsWatcher::start(launched.pid, maps.clone()));
+                *watcher = Some(MapsWatcher::start(launched.pid, maps.clone(), true));
             } else {
                 ticker = match workload.duration {
                     Some(secs) => progress.live(&format!("recording for {secs} s:")),
@@ -563,6 +578,12 @@ fn parse_stats(text: &str) -> Option<(u64, u64)> {
     Some((count?, total?))
 }
 
+/// `/proc/PID/stat`'s state letter (`S`, `R`, `T` for stopped...).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
 fn read_maps(pid: u32) -> Vec<Mapping> {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|m| parse_maps(&m)).unwrap_or_default()
 }
@@ -591,11 +612,17 @@ struct MapsWatcher {
 }
 
 impl MapsWatcher {
-    fn start(pid: u32, maps: Arc<Mutex<Vec<Mapping>>>) -> Self {
+    /// With `resume_stopped` (a program of ours), one found stopped twice in
+    /// a row is resumed, its map read first: bpftrace stops it at `_exit`
+    /// and we resume it when bpftrace says so, but should that line be lost,
+    /// it must not stay stopped (bpftrace would wait for it to exit, and we
+    /// for bpftrace).
+    fn start(pid: u32, maps: Arc<Mutex<Vec<Mapping>>>, resume_stopped: bool) -> Self {
         merge_maps(&maps, read_maps(pid));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let started = std::time::Instant::now();
+            let mut was_stopped = false;
             loop {
                 let early = started.elapsed() < Duration::from_millis(100);
                 let pause = Duration::from_millis(if early { 1 } else { 500 });
@@ -603,6 +630,12 @@ impl MapsWatcher {
                     return;
                 }
                 merge_maps(&maps, read_maps(pid));
+                let is_stopped = resume_stopped && process_state(pid) == Some('T');
+                if is_stopped && was_stopped {
+                    // SAFETY: kill(2) on our own child; no memory effects.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+                }
+                was_stopped = is_stopped;
             }
         });
         Self { stop: Some(stop), thread: Some(thread) }

@@ -273,10 +273,19 @@ impl Script {
     /// The recording, checked against `counts` (perf.data's own), or the
     /// count the capture carries.
     pub fn into_recording(self, counts: Option<perf_data::Counts>, status: Option<Ended>) -> Recording {
-        let (source, counts) = match (counts, self.capture_count) {
-            (Some(c), _) => ("samples in perf.data", Some(c)),
-            (None, Some(c)) => ("samples in perf.data (the capture's heapprobe-capture line)", Some(c)),
-            (None, None) => ("", None),
+        let (source, counts, unparsed_why) = match (counts, self.capture_count) {
+            (Some(c), _) => (
+                "samples in perf.data",
+                Some(c),
+                "in perf.data but not in perf script's output, or the other way round (please report this, with \
+                 the recording: --keep)",
+            ),
+            (None, Some(c)) => (
+                "samples in perf.data (the capture's heapprobe-capture line)",
+                Some(c),
+                "counted by perf but not in the capture, or the other way round (was it cut short, or edited?)",
+            ),
+            (None, None) => ("", None, ""),
         };
         let recorded = Recorded {
             source,
@@ -288,6 +297,7 @@ impl Script {
             parsed_total: None,
             stackless: 0,
             stackless_weight: 0,
+            unparsed_why,
         };
         Recording { folded: self.folded, recorded, status }
     }
