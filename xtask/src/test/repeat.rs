@@ -42,6 +42,8 @@ pub fn run(times: u32, test_args: &[String]) -> anyhow::Result<()> {
     }
     let binaries = build()?;
     let logs = project_root().join("target").join("repeat-logs");
+    // Only this run's logs: an old failure must not pass for a new one.
+    let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     eprintln!(
         "\n==> running each of {} test binaries {times} times (failed runs' logs go to {})",
@@ -147,10 +149,7 @@ fn repeat(binary: &TestBinary, times: u32, test_args: &[String], logs: &Path) ->
         outcome.failed_runs += 1;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let failed: Vec<&str> = stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")))
-            .collect();
+        let failed = failed_tests(&stdout);
         for test in &failed {
             *outcome.failed_tests.entry((*test).to_owned()).or_insert(0) += 1;
         }
@@ -171,4 +170,18 @@ fn repeat(binary: &TestBinary, times: u32, test_args: &[String], logs: &Path) ->
     }
     outcome.elapsed = started.elapsed();
     Ok(outcome)
+}
+
+/// The tests libtest reports as failed (`test NAME ... FAILED`).
+fn failed_tests(stdout: &str) -> Vec<&str> {
+    stdout.lines().filter_map(|l| l.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED"))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn failed_tests_are_read_from_libtest_s_output() {
+        let stdout = "\nrunning 3 tests\ntest a ... ok\ntest m::b ... FAILED\ntest c ... ignored\n\nfailures:\n\n---- m::b stdout ----\n";
+        assert_eq!(super::failed_tests(stdout), ["m::b"]);
+    }
 }
