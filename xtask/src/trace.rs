@@ -618,14 +618,26 @@ fn work_dir(output: &Path) -> anyhow::Result<PathBuf> {
 /// terminal, or forwarded here when only we were signalled), finishes, and
 /// we fold what it recorded and remove the probes.
 fn install_ctrlc_forwarding() -> anyhow::Result<()> {
+    // ctrlc runs this on a thread of its own, not in the signal handler.
     ctrlc::set_handler(|| {
-        let pid = match TARGET_PID.load(Ordering::SeqCst) {
-            0 => RECORDER_PID.load(Ordering::SeqCst),
-            target => target,
-        };
-        if pid != 0 {
+        let target = TARGET_PID.load(Ordering::SeqCst);
+        if target != 0 {
+            // A program of ours ends, and the recorder with it.
             // SAFETY: kill(2) with a pid we spawned and SIGINT has no memory effects.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+            unsafe { libc::kill(target as libc::pid_t, libc::SIGINT) };
+            return;
+        }
+        // bpftrace 0.17 can miss a SIGINT that lands while it is busy (it
+        // then waits for output that may never come): as a user would, press
+        // again every 2 s while the same recorder runs.
+        let recorder = RECORDER_PID.load(Ordering::SeqCst);
+        for _ in 0..30 {
+            if recorder == 0 || RECORDER_PID.load(Ordering::SeqCst) != recorder {
+                return;
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(recorder as libc::pid_t, libc::SIGINT) };
+            std::thread::sleep(std::time::Duration::from_secs(2));
         }
     })
     .context("cannot install the Ctrl-C handler")

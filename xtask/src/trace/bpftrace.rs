@@ -340,6 +340,8 @@ fn read_output(
             continue;
         }
         if line == MAPS_BEGIN {
+            // Ending already: Ctrl-C has nothing more to tell it.
+            RECORDER_PID.store(0, Ordering::SeqCst);
             drop(std::mem::take(&mut ticker));
             if workload.pid.is_some() {
                 merge_maps(maps, read_maps(workload.pid.unwrap_or_default()));
