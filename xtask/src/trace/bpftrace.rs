@@ -6,13 +6,15 @@
 //! collisions: `ERROR: failed to look up stack id`, and a `@stacks[]` entry)
 //! are counted as lost, their weight drawn as `[stack lost]`.
 //!
-//! Stacks are symbolised here, from the process's memory map: bpftrace 0.17
-//! prints raw addresses once a `-c` child has exited.
+//! Stacks are symbolised here, from the process's memory map: bpftrace
+//! cannot symbolise a process once it is gone. bpftrace always attaches by
+//! pid (`-p`), and nothing it does can leave a process stopped:
 //!
-//! - A program we launch (`-c`) is stopped at libc's `_exit` for a moment so
-//!   that its map can be read. It runs as `setpriv --pdeathsig KILL -- exe`,
-//!   and bpftrace gets SIGKILL when we die, so if we are killed the program
-//!   is killed too: it can never be left stopped.
+//! - A program we launch starts stopped right after its `exec`
+//!   (`PTRACE_TRACEME`) until bpftrace has attached, and is stopped again at
+//!   libc's `_exit` for a moment so that its map can be read. It gets SIGKILL
+//!   when we die (`PR_SET_PDEATHSIG`, like bpftrace itself), so if we are
+//!   killed it dies too; and one found stopped for a second is resumed.
 //! - A process attached by `--pid` is never stopped: its map is read when we
 //!   attach and every half second while we record.
 
