@@ -20,8 +20,8 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::Endianness;
 
 pub use uprobe::{
-    find_tracefs, mount_tracefs, stale_groups, sweep_stale_groups, tracefs, Holder, StaleGroup, Sweep, UprobeGroup,
-    UprobeSpec, GROUP_PREFIX,
+    find_tracefs, group_pid, mount_tracefs, stale_groups, sweep_stale_groups, tracefs, Holder, StaleGroup, Sweep,
+    UprobeGroup, UprobeSpec, GROUP_PREFIX,
 };
 
 /// What can go wrong reading a binary.

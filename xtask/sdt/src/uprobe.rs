@@ -271,9 +271,12 @@ pub fn stale_groups() -> Result<Vec<StaleGroup>, Error> {
     Ok(groups)
 }
 
-/// The pid in a heapprobe group's name (`heapprobe_<pid>_…`), if it is one.
-fn group_pid(group: &str) -> Option<u32> {
-    group.strip_prefix(GROUP_PREFIX).and_then(|r| r.split('_').next()).and_then(|p| p.parse::<u32>().ok())
+/// The pid in a heapprobe group's name, if it is one: `heapprobe_<pid>_…`
+/// (this crate's groups), or `heapprobe_sh_<pid>` (scripts/perf-flamegraph.sh's).
+pub fn group_pid(group: &str) -> Option<u32> {
+    let rest = group.strip_prefix(GROUP_PREFIX)?;
+    let rest = rest.strip_prefix("sh_").unwrap_or(rest);
+    rest.split('_').next()?.parse().ok()
 }
 
 /// Every process's command line (those we may read).
@@ -321,3 +324,16 @@ pub fn sweep_stale_groups() -> Result<Sweep, Error> {
 
 /// `EBUSY`: 16 on every Linux architecture.
 const EBUSY: i32 = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::group_pid;
+
+    #[test]
+    fn group_names_give_their_creator_s_pid() {
+        assert_eq!(group_pid("heapprobe_4242_trace0"), Some(4242));
+        assert_eq!(group_pid("heapprobe_sh_77"), Some(77));
+        assert_eq!(group_pid("heapprobe_x_1"), None);
+        assert_eq!(group_pid("notheapprobe_1_trace0"), None);
+    }
+}
