@@ -590,7 +590,14 @@ impl Tracing {
                         return;
                     }
                 }
-                Err(e) => panic!("no {needle:?} from the trace ({e}); its stderr:\n{}", self.seen.join("\n")),
+                Err(e) => {
+                    let stdout: Vec<String> = self.stdout.try_iter().collect();
+                    panic!(
+                        "no {needle:?} from the trace ({e}); its stderr:\n{}\n--- its stdout:\n{}",
+                        self.seen.join("\n"),
+                        stdout.join("\n")
+                    )
+                }
             }
         }
     }

@@ -56,7 +56,10 @@ pub fn record(
         CallGraph::Fp => "fp",
         CallGraph::Dwarf => "dwarf",
     };
-    cmd.args(["record", "-q", "--call-graph", call_graph, "-e", &format!("{}:*", group.name()), "-o"]).arg(data);
+    // Not -q: it hides perf's errors too (a failure to open or map its
+    // events left a recording of 0 samples, unexplained). Its routine lines
+    // are dropped instead (ROUTINE).
+    cmd.args(["record", "--call-graph", call_graph, "-e", &format!("{}:*", group.name()), "-o"]).arg(data);
     // perf's default ring buffer (512 KiB) drops events when a program
     // allocates in a tight loop (751 of 1 million here); 32 MiB per CPU kept
     // every one. Only root may lock that much (others get perf's default).
@@ -88,7 +91,7 @@ pub fn record(
         let mut kept = String::new();
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if KERNEL_SYMBOL_NOISE.iter().any(|n| line.contains(n)) {
+            if KERNEL_SYMBOL_NOISE.iter().any(|n| line.contains(n)) || ROUTINE.iter().any(|r| line.starts_with(r)) {
                 continue;
             }
             eprintln!("{line}");
@@ -211,6 +214,10 @@ impl Control {
         }
     }
 }
+
+/// perf record's lines that say nothing new: its progress, and the
+/// `--control` acknowledgements (we print "attached" ourselves).
+const ROUTINE: [&str; 3] = ["[ perf record: ", "Events disabled", "Events enabled"];
 
 /// perf's warnings about kernel symbols, irrelevant to user-space stacks
 /// (without root, perf cannot read them; we record user stacks only).
