@@ -1005,30 +1005,42 @@ fn a_busy_stale_group_is_left_with_its_holder_named_and_blocks_nothing() {
         })
         .unwrap();
     let events = heapprobe_sdt::tracefs().unwrap().join("uprobe_events");
-    // pid_max is at most 2^22: this run is certainly gone.
-    let group = "heapprobe_4194398_trace0";
+    // The group's "run" is a process of ours, alive (so that no sweep, of
+    // this or another checkout's runs on the machine, removes the group)
+    // until the holder has its events open; then it dies, as a killed run.
+    let mut owner = Command::new("sleep").arg("3600").spawn().unwrap();
+    let group = format!("heapprobe_{}_trace0", owner.id());
     let write = |line: &str| {
         std::fs::OpenOptions::new().append(true).open(&events).unwrap().write_all(line.as_bytes()).unwrap()
     };
     write(&format!("p:{group}/alloc__0 {}:{offset:#x}\n", exe.display()));
     let tmp = TempDir::new("xtask-trace-busy");
-    // The holder: a perf recording the stale group, as a run's orphan would.
+    // The holder: a perf recording the group, as a run's orphan would. Its
+    // acknowledgement on the control FIFO says its events are open.
+    let (ctl, ack) = (tmp.path().join("ctl"), tmp.path().join("ack"));
+    for fifo in [&ctl, &ack] {
+        assert!(Command::new("mkfifo").arg(fifo).status().unwrap().success());
+    }
     let holder = Command::new("perf")
-        .args(["record", "-q", "-e", &format!("{group}:*"), "-p", &service.pid().to_string(), "-o"])
+        .args(["record", "-q", "-e", &format!("{group}:*"), "-p", &service.pid().to_string(), "-D", "-1"])
+        .arg("--control")
+        .arg(format!("fifo:{},{}", ctl.display(), ack.display()))
+        .arg("-o")
         .arg(tmp.path().join("holder.data"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_dir(format!("/proc/{}/fd", holder.id())).is_ok_and(|fds| {
-        fds.filter_map(Result::ok)
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().contains("perf_event")))
-    }) {
-        assert!(Instant::now() < deadline, "perf never opened its events");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut holder = Holder { child: holder, events: events.clone(), group };
+    let mut holder = Holder { child: holder, events: events.clone(), group: group.clone() };
+    let mut control = std::fs::OpenOptions::new().write(true).open(&ctl).unwrap();
+    let mut acked = std::fs::File::open(&ack).unwrap();
+    control.write_all(b"enable\n").unwrap();
+    let mut answer = [0u8; 5];
+    std::io::Read::read_exact(&mut acked, &mut answer).unwrap();
+    assert_eq!(&answer[..4], b"ack\n", "perf acknowledged");
+    let _ = owner.kill();
+    let _ = owner.wait();
+    let group = group.as_str();
 
     let svg = tmp.path().join("busy.svg");
     let mut trace = Tracing::start(&["trace", "--pid", &service.pid().to_string(), "-o", svg.to_str().unwrap()]);
@@ -1063,14 +1075,14 @@ fn a_busy_stale_group_is_left_with_its_holder_named_and_blocks_nothing() {
 struct Holder {
     child: Child,
     events: PathBuf,
-    group: &'static str,
+    group: String,
 }
 
 impl Drop for Holder {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::fs::read_to_string(&self.events).is_ok_and(|t| t.contains(self.group)) {
+        if std::fs::read_to_string(&self.events).is_ok_and(|t| t.contains(&self.group)) {
             let line = format!("-:{}/alloc__0\n", self.group);
             let _ =
                 std::fs::OpenOptions::new().append(true).open(&self.events).map(|mut f| f.write_all(line.as_bytes()));

@@ -307,19 +307,49 @@ pub fn sweep_stale_groups() -> Result<Sweep, Error> {
     let tracefs = tracefs()?;
     let mut sweep = Sweep::default();
     for group in stale_groups()? {
-        let mut busy = false;
+        let mut busy = Vec::new();
         for id in &group.events {
-            match write_events(&tracefs, &format!("-:{id}")) {
-                Ok(()) => sweep.removed.push(id.clone()),
-                Err(Error::Tracefs { source, .. }) if source.raw_os_error() == Some(EBUSY) => busy = true,
-                Err(e) => return Err(e),
+            if remove_event(&tracefs, id)? {
+                sweep.removed.push(id.clone());
+            } else {
+                busy.push(id.clone());
             }
         }
-        if busy {
+        // A holder killed a moment ago (a recorder that died with its run)
+        // may still be releasing the events: its files are closed, the
+        // kernel's release is not done. When no live process names the
+        // group, try again for up to two seconds (seen after SIGKILL: 1 of
+        // 3 events still busy).
+        for _ in 0..20 {
+            if busy.is_empty() || !group.holders.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let mut still = Vec::new();
+            for id in busy {
+                if remove_event(&tracefs, &id)? {
+                    sweep.removed.push(id);
+                } else {
+                    still.push(id);
+                }
+            }
+            busy = still;
+        }
+        if !busy.is_empty() {
             sweep.busy.push(group);
         }
     }
     Ok(sweep)
+}
+
+/// Removes one event (`GROUP/EVENT`): false when the kernel says it is in
+/// use (`EBUSY`).
+fn remove_event(tracefs: &Path, id: &str) -> Result<bool, Error> {
+    match write_events(tracefs, &format!("-:{id}")) {
+        Ok(()) => Ok(true),
+        Err(Error::Tracefs { source, .. }) if source.raw_os_error() == Some(EBUSY) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// `EBUSY`: 16 on every Linux architecture.
