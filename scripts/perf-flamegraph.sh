@@ -17,16 +17,23 @@
 #   Tracing PID 4242: 4 sites of heapprobe:alloc (0 bogus skipped).
 #   Recording for 6 s... Hit Ctrl-C to end.
 #   heapprobe:alloc: 1211 events, 6310922 bytes
-#   Wrote the recording and the folded stacks (weight: bytes):
+#   perf.data holds 1211 samples; perf lost 0
+#   Wrote the recording, the folded stacks (weight: bytes) and the capture:
 #     heapprobe-4242/perf.data
 #     heapprobe-4242/alloc.folded
+#     heapprobe-4242/alloc.txt
 #   and the flame graph:
 #     heapprobe-4242/alloc.svg
 #
 # Read it as: while recording, the process made 1211 allocations, 6310922
-# bytes in all. In the SVG each frame's width is the bytes allocated through
-# it. Without inferno-flamegraph (cargo install inferno) or flamegraph.pl,
-# it says how to render the folded file elsewhere.
+# bytes in all, and perf's own count of the samples it kept (and lost)
+# agrees. In the SVG each frame's width is the bytes allocated through it.
+# alloc.txt is the `perf script` text, symbols resolved here, headed by
+# perf's count: `cargo xtask fold alloc.txt --event alloc` in a heapprobe
+# checkout folds it anywhere, checked against that count. Without
+# inferno-flamegraph (cargo install inferno) or flamegraph.pl, it says how
+# to render the folded file elsewhere. It exits 1 when perf script's events
+# disagree with perf.data's samples, or perf lost more than 1% of them.
 #
 # Why not `perf probe sdt_heapprobe:alloc`: perf 6.1 (Debian 12) uses the
 # SDT note's address as the file offset. rust-lld, Rust's default linker,
@@ -61,14 +68,17 @@ seconds=${2:-10}
 event=${3:-alloc}
 case $pid in '' | *[!0-9]*) die "PID must be a number, got '$pid'" ;; esac
 case $seconds in '' | *[!0-9]*) die "SECONDS must be a number, got '$seconds'" ;; esac
+# Each probe's argument names, in order (as probes/heapprobe.d names them: the
+# capture's events read `size=4096`, which `cargo xtask fold` weighs by), and
+# the argument that weighs a stack (none: each call counts 1).
 case $event in
-alloc | dealloc | alloc_locked | dealloc_locked) weight=1 unit=bytes ;;
-realloc | realloc_locked) weight=3 unit="bytes (new sizes)" ;;
-alloc_failed) weight=0 unit="bytes asked for" ;;
-scope_begin | scope_end) weight=-1 unit=calls ;;
-local_alloc | local_dealloc) weight=2 unit=bytes ;;
-local_grow | local_shrink) weight=4 unit="bytes (new sizes)" ;;
-local_failed) weight=1 unit="bytes asked for" ;;
+alloc | dealloc | alloc_locked | dealloc_locked) names="ptr size align" weight=size unit=bytes ;;
+realloc | realloc_locked) names="old_ptr new_ptr old_size new_size align" weight=new_size unit="bytes (new sizes)" ;;
+alloc_failed) names="size align" weight=size unit="bytes asked for" ;;
+scope_begin | scope_end) names="id" weight= unit=calls ;;
+local_alloc | local_dealloc) names="id ptr size align" weight=size unit=bytes ;;
+local_grow | local_shrink) names="id old_ptr new_ptr old_size new_size align" weight=new_size unit="bytes (new sizes)" ;;
+local_failed) names="id size align" weight=size unit="bytes asked for" ;;
 *) die "unknown heapprobe probe '$event'" ;;
 esac
 perf=${PERF:-perf}
@@ -176,11 +186,12 @@ while read -r name loc base sem args; do
 		[ -n "$sem_offset" ] || { skipped=$((skipped + 1)); continue; }
 		def="$def($sem_offset)"
 	fi
-	i=0
+	set -- $names
 	for a in $args; do
+		[ $# -gt 0 ] || die "$name has more SDT arguments than probes/heapprobe.d names: is $exe from another heapprobe version?"
 		f=$(fetcharg "$a") || die "cannot read SDT argument '$a' of $name"
-		def="$def arg$i=$f"
-		i=$((i + 1))
+		def="$def $1=$f"
+		shift
 	done
 	echo "$def" >>$tracefs/uprobe_events || die "the kernel refused: $def"
 	events+=("${name}__$n")
@@ -223,10 +234,13 @@ else
 	demangle() { cat; }
 fi
 
-# Fold: "comm;outermost;...;innermost weight" per sample, summed.
+# Fold: "comm;outermost;...;innermost weight" per sample, summed. Every line
+# must be an event (perf right-aligns event names, so it may start with
+# spaces), a frame (a tab, then an address), a lost-events line or blank:
+# anything else stops the script, quoting the line.
 folded=$out/$event.folded
-"$perf" script -i "$data" --no-demangle -F comm,event,trace,ip,sym 2>/dev/null |
-	awk -v w="$weight" -v ev="$event" -v summary="$out/.summary" '
+"$perf" script -i "$data" --no-demangle --show-lost-events -F comm,event,trace,ip,sym 2>/dev/null |
+	awk -v w="$weight" -v summary="$out/.summary" '
 	function flush() {
 		if (!insample) return
 		s = comm
@@ -234,27 +248,74 @@ folded=$out/$event.folded
 		stacks[s] += v
 		insample = 0
 	}
-	/^[^ \t]/ {
+	function bad(why) {
+		printf "perf-flamegraph.sh: line %d of perf script: %s: \"%s\"\n", NR, why, $0 > "/dev/stderr"
+		failed = 1
+		exit 1
+	}
+	/^[ \t]*$/ { flush(); next }
+	/^PERF_RECORD_LOST lost [0-9]+$/ { flush(); lost += $NF; next }
+	/^[ \t]/ && $1 ~ /^[0-9a-f]+$/ {
+		if (!insample) bad("a stack frame outside any event")
+		nf++; sym = $2; sub(/\+0x[0-9a-f]+$/, "", sym); f[nf] = sym; next
+	}
+	{
+		# COMM GROUP:EVENT: (ADDRESS) NAME=VALUE ...
+		at = 0
+		for (i = 1; i <= NF; i++) if ($i ~ /^[^:]+:[^:]+:$/) { at = i; break }
+		if (at < 2 || $(at + 1) !~ /^\([0-9a-f]+\)$/) bad("not an event, a frame, a lost-events line or blank")
 		flush()
 		insample = 1; nf = 0; v = 1
 		comm = $1
-		if (w >= 0) for (i = 2; i <= NF; i++) if ($i ~ ("^arg" w "=")) { split($i, kv, "="); v = kv[2] + 0 }
+		for (i = 2; i < at; i++) comm = comm " " $i
+		if (w != "") {
+			v = -1
+			for (i = at + 2; i <= NF; i++) if (index($i, w "=") == 1) v = substr($i, length(w) + 2) + 0
+			if (v < 0) bad("no " w "= argument")
+		}
 		events++; total += v
-		next
 	}
-	/^[ \t]+[0-9a-f]+ / { nf++; sym = $2; sub(/\+0x[0-9a-f]+$/, "", sym); f[nf] = sym; next }
-	/^$/ { flush() }
 	END {
+		if (failed) exit 1
 		flush()
 		for (s in stacks) printf "%s %d\n", s, stacks[s]
-		printf "%d %d\n", events, total > summary
+		printf "%d %d %d\n", events, total, lost > summary
 	}' | demangle | sort >"$folded"
-read -r events total <"$out/.summary"
+[ "${PIPESTATUS[1]}" -eq 0 ] || die "could not fold perf script's output (above); the recording is in $data"
+read -r events total lost <"$out/.summary"
 rm -f "$out/.summary"
+
+# perf's own count of what perf.data holds, to check the fold against: its
+# sample records, and the samples it says the kernel dropped.
+stats=$("$perf" report --stats -i "$data" 2>/dev/null)
+samples=$(awk '/Aggregated stats/ { agg = 1 } agg && $1 == "SAMPLE" && $2 == "events:" { print $3; exit }' <<<"$stats")
+lost_samples=$(awk '/ stats:$/ { per = 1 } per && $1 == "LOST_SAMPLES" && $2 == "events:" { n += $3 } END { print n + 0 }' <<<"$stats")
+[ "$lost_samples" -gt "$lost" ] && lost=$lost_samples
+
+# The capture for `cargo xtask fold` elsewhere (symbols are resolved here),
+# headed by perf's count so that the fold is checked against it too.
+capture=$out/$event.txt
+{
+	echo "# heapprobe-capture samples=${samples:-0} lost=$lost"
+	"$perf" script -i "$data" --no-demangle --show-lost-events -F event,trace,ip,sym 2>/dev/null
+} >"$capture"
+
 echo "heapprobe:$event: $events events, $total $unit"
-echo "Wrote the recording and the folded stacks (weight: $unit):"
+echo "perf.data holds ${samples:-0} samples; perf lost $lost"
+status=0
+if [ "${samples:-0}" -ne "$events" ]; then
+	echo "WARNING: perf script gave $events events of the ${samples:-0} samples in perf.data: the totals above are wrong" >&2
+	status=1
+fi
+# More than 1% lost fails (as `cargo xtask trace --max-lost` does by default).
+if [ $((lost * 100)) -gt $((samples + lost)) ]; then
+	echo "WARNING: perf lost $lost of $((samples + lost)) events (its buffer overflowed): the totals above are too low" >&2
+	status=1
+fi
+echo "Wrote the recording, the folded stacks (weight: $unit) and the capture:"
 echo "  $data"
 echo "  $folded"
+echo "  $capture"
 svg=$out/$event.svg
 if command -v inferno-flamegraph >/dev/null 2>&1; then
 	inferno-flamegraph --title "heapprobe:$event of $pid ($unit)" <"$folded" >"$svg" &&
@@ -265,10 +326,10 @@ elif command -v flamegraph.pl >/dev/null 2>&1; then
 else
 	echo "No inferno-flamegraph here. For the SVG, on any machine with cargo:"
 	echo "  cargo install inferno && inferno-flamegraph < $event.folded > $event.svg"
-	echo "or, in a heapprobe checkout (same SVG and summary as cargo xtask trace),"
-	echo "with a capture made here, where the binary's symbols are:"
-	echo "  $perf script -F event,trace,ip,sym --no-demangle -i $data > $event.txt"
+	echo "or, in a heapprobe checkout (same SVG and summary as cargo xtask trace,"
+	echo "checked against the count atop the capture):"
 	echo "  cargo xtask fold $event.txt --event $event"
 	echo "Or browse the recording here:"
 	echo "  $perf report -i $data"
 fi
+exit $status

@@ -6,7 +6,7 @@
 use std::alloc::System;
 use std::hint::black_box;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
@@ -28,27 +28,36 @@ fn six(s: &Stats) -> (usize, usize, usize, usize, usize, isize) {
 /// first time `yield_now` runs on a worker, inside the yielding poll, where
 /// it is counted (see `first_yield_on_a_worker_is_counted_once`). With at
 /// most 4 tasks yielding at a time, the list never grows again.
+///
+/// No worker ever waits for another task to be scheduled (that hung, under
+/// load, until "workers did not all start"): waves of tasks that note their
+/// worker and yield are spawned from this thread, which is no worker, until
+/// every worker has run one. Where they run is the scheduler's choice; only
+/// this thread waits.
 fn warm_runtime(workers: usize) -> Runtime {
     let runtime = Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
-    // Each task holds its worker until all are running, so they run on
-    // `workers` distinct workers, then yields there.
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let arrived = arrived.clone();
-            runtime.spawn(async move {
-                arrived.fetch_add(1, Ordering::SeqCst);
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while arrived.load(Ordering::SeqCst) < workers {
-                    assert!(Instant::now() < deadline, "workers did not all start");
-                    thread::yield_now();
-                }
-                yield_now().await;
+    let warmed = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut waves = 0;
+    while warmed.lock().unwrap().len() < workers {
+        assert!(
+            Instant::now() < deadline,
+            "after {waves} waves of tasks, only {} of the {workers} workers had run one",
+            warmed.lock().unwrap().len()
+        );
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let warmed = warmed.clone();
+                runtime.spawn(async move {
+                    warmed.lock().unwrap().insert(thread::current().id());
+                    yield_now().await;
+                })
             })
-        })
-        .collect();
-    for task in tasks {
-        runtime.block_on(task).unwrap();
+            .collect();
+        for task in tasks {
+            runtime.block_on(task).unwrap();
+        }
+        waves += 1;
     }
     runtime
 }

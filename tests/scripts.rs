@@ -741,10 +741,14 @@ fn mapped_byte(pid: u32, exe: &Path, offset: u64) -> Option<u8> {
     Some(byte[0])
 }
 
-fn heapprobe_sh_uprobes() -> Vec<String> {
+/// The uprobes of the perf-flamegraph.sh run whose pid is `script`: its
+/// group is `heapprobe_sh_<pid>`. Other runs' (another checkout's tests on
+/// the same machine) are none of this test's business.
+fn heapprobe_sh_uprobes(script: u32) -> Vec<String> {
     let tracefs = heapprobe_sdt::tracefs().expect("tracefs");
     let events = std::fs::read_to_string(tracefs.join("uprobe_events")).unwrap_or_default();
-    events.lines().filter(|l| l.contains("heapprobe_sh_")).map(str::to_owned).collect()
+    let group = format!("heapprobe_sh_{script}/");
+    events.lines().filter(|l| l.contains(&group)).map(str::to_owned).collect()
 }
 
 #[test]
@@ -777,6 +781,7 @@ fn perf_flamegraph_places_probes_right_in_a_rust_lld_binary_and_removes_them() {
     let mut cmd = Command::new(scripts_dir().join("perf-flamegraph.sh"));
     cmd.arg(pid.to_string()).arg("6").env("OUT", tmp.path());
     let tracer = Tracer::start(cmd, "Recording for 6 s");
+    let script = tracer.child.id();
     // "Recording" comes once perf's events are enabled. Every valid site
     // now holds an int3: the probes sit on the nops, not 4 KiB off.
     let armed: Vec<Option<u8>> = sites.iter().map(|&s| mapped_byte(pid, &exe, s)).collect();
@@ -811,7 +816,23 @@ fn perf_flamegraph_places_probes_right_in_a_rust_lld_binary_and_removes_them() {
     assert_eq!(weight("heapprobe_fixture::known_pattern"), KNOWN_PATTERN_BYTES, "{folded}");
     assert_eq!(weight("heapprobe_fixture::leak_here"), LEAK_BYTES, "{folded}");
     assert_eq!(weight("heapprobe-fixtu"), ALLOC_BYTES, "{folded}");
-    assert!(heapprobe_sh_uprobes().is_empty(), "{:?}", heapprobe_sh_uprobes());
+    // perf's own count, beside the fold's.
+    assert!(out.stdout.contains(&format!("perf.data holds {ALLOCS} samples; perf lost 0")), "{}", out.stdout);
+    // The capture for `cargo xtask fold` (tests/data holds one, folded by
+    // xtask/tests/fold.rs): perf's count atop, and every event's arguments
+    // named as probes/heapprobe.d names them, so that it weighs by `size=`.
+    let capture = std::fs::read_to_string(tmp.path().join("alloc.txt")).unwrap();
+    assert_eq!(capture.lines().next(), Some(format!("# heapprobe-capture samples={ALLOCS} lost=0").as_str()));
+    let sizes: Vec<u64> = capture
+        .lines()
+        .filter(|l| l.trim_start().starts_with("heapprobe_sh_"))
+        .map(|l| {
+            let size = l.split_whitespace().find_map(|w| w.strip_prefix("size="));
+            size.unwrap_or_else(|| panic!("no size= in {l:?}")).parse().unwrap()
+        })
+        .collect();
+    assert_eq!((sizes.len() as u64, sizes.iter().sum::<u64>()), (ALLOCS, ALLOC_BYTES));
+    assert!(heapprobe_sh_uprobes(script).is_empty(), "{:?}", heapprobe_sh_uprobes(script));
     // The target did not crash: it still answers, and exits cleanly.
     fixture.exit();
 
@@ -820,11 +841,12 @@ fn perf_flamegraph_places_probes_right_in_a_rust_lld_binary_and_removes_them() {
     let mut cmd = Command::new(scripts_dir().join("perf-flamegraph.sh"));
     cmd.arg(fixture.pid().to_string()).arg("60").env("OUT", tmp.path());
     let tracer = Tracer::start(cmd, "Recording for 60 s");
-    assert!(!heapprobe_sh_uprobes().is_empty(), "no probes registered while recording");
+    let script = tracer.child.id();
+    assert!(!heapprobe_sh_uprobes(script).is_empty(), "no probes registered while recording");
     // SAFETY: kill has no memory effects; the pid is our child's.
     assert_eq!(unsafe { libc::kill(i32::try_from(tracer.child.id()).unwrap(), libc::SIGTERM) }, 0);
     let out = tracer.finish();
     assert!(!out.status.success(), "TERM should end it with a failure status");
-    assert!(heapprobe_sh_uprobes().is_empty(), "left behind after TERM: {:?}", heapprobe_sh_uprobes());
+    assert!(heapprobe_sh_uprobes(script).is_empty(), "left behind after TERM: {:?}", heapprobe_sh_uprobes(script));
     fixture.exit();
 }

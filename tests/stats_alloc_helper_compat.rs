@@ -85,8 +85,14 @@ fn parallel_thread_keeps_allocating_during_the_measurement() {
     let mut during = 0;
     let stats = memory_measured(&GLOBAL, || {
         let s = "whoa".to_owned().replace("whoa", "wow").to_owned();
+        // Until the other thread has allocated 100 more times (a handshake,
+        // not a sleep: on a loaded machine it may not run for a while).
         let before = pushes.load(Ordering::Relaxed);
-        sleep(Duration::from_millis(150));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while pushes.load(Ordering::Relaxed) < before + 100 {
+            assert!(std::time::Instant::now() < deadline, "the background thread made no progress in 120 s");
+            sleep(Duration::from_millis(1));
+        }
         during = pushes.load(Ordering::Relaxed) - before;
         length = s.len();
     });
@@ -105,8 +111,9 @@ fn parallel_thread_keeps_allocating_during_the_measurement() {
             bytes_reallocated: 0
         }
     );
-    // Under stats_alloc_helper this is 0: the lock stops the other thread.
-    assert!(during > 0, "the background thread was blocked during the measurement");
+    // Under stats_alloc_helper the wait above never ends: the lock stops the
+    // other thread.
+    assert!(during >= 100, "the background thread was blocked during the measurement");
 }
 
 #[test]

@@ -98,8 +98,9 @@ pub fn assert_no_heapprobe_uprobes() {
     let events = std::fs::read_to_string(tracefs.join("uprobe_events")).unwrap_or_default();
     let left_behind = |line: &&str| {
         let Some(at) = line.find(heapprobe_sdt::GROUP_PREFIX) else { return false };
-        let pid = line[at + heapprobe_sdt::GROUP_PREFIX.len()..].split('_').next().and_then(|p| p.parse::<u32>().ok());
-        match pid {
+        // `heapprobe_<pid>_…`, or a script's `heapprobe_sh_<pid>`.
+        let group = line[at..].split('/').next().unwrap_or_default();
+        match heapprobe_sdt::group_pid(group) {
             Some(pid) => pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists(),
             None => true,
         }

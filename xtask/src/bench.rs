@@ -133,7 +133,8 @@ fn time_folding(perf: &str, scratch: &Path, events: u64, verbose: bool) -> anyho
     let text = perf::run_script(perf, &data, verbose)?;
     let script = started.elapsed();
     let started = Instant::now();
-    let Script { folded, .. } = perf::parse_script(&text, Weight::Bytes, Some("alloc"));
+    let Script { folded, .. } = perf::parse_script(&text, Weight::Bytes, Some("alloc"))
+        .with_context(|| format!("parsing `perf script` of {}", data.display()))?;
     let parse = started.elapsed();
     if folded.events < events {
         eprintln!("warning: the perf recording holds {} alloc events, fewer than the {events} made", folded.events);

@@ -154,7 +154,7 @@ fn check_system(report: &mut Report) {
     };
 
     let uprobe_pmu = Path::new("/sys/bus/event_source/devices/uprobe").exists();
-    match (tracefs, uprobe_pmu) {
+    match (&tracefs, uprobe_pmu) {
         (Some(_), true) => report.ok("uprobes", "uprobe events and the uprobe PMU are available"),
         (None, _) => report.warn("uprobes", "not checked: tracefs is not available", "see tracefs above"),
         (Some(_), false) => report.fail(
@@ -162,6 +162,9 @@ fn check_system(report: &mut Report) {
             "the kernel lacks the uprobe PMU (/sys/bus/event_source/devices/uprobe) that perf and bpftrace use",
             "use a kernel built with CONFIG_UPROBES and CONFIG_UPROBE_EVENTS (Debian's is)",
         ),
+    }
+    if tracefs.is_some() {
+        check_stale_groups(report);
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         report.warn(
@@ -173,6 +176,50 @@ fn check_system(report: &mut Report) {
 
     check_tool(report, "perf", util::tool("PERF", "perf"), &["version"], "linux-perf", true);
     check_tool(report, "bpftrace", util::tool("BPFTRACE", "bpftrace"), &["--version"], "bpftrace", false);
+}
+
+/// Uprobe groups left by heapprobe runs that were killed, and what holds
+/// them: `cargo xtask trace` removes the free ones at its start, and leaves
+/// (naming the holder) those an orphaned recorder still has open.
+fn check_stale_groups(report: &mut Report) {
+    let groups = match heapprobe_sdt::stale_groups() {
+        Ok(groups) => groups,
+        Err(e) => {
+            report.warn("stale uprobes", format!("cannot read uprobe_events: {}", source_of(&e)), "run as root");
+            return;
+        }
+    };
+    if groups.is_empty() {
+        report.ok("stale uprobes", "none left by killed heapprobe runs");
+        return;
+    }
+    for group in groups {
+        let detail = format!(
+            "group {} ({} event(s)) of a killed run (pid {}): {}",
+            group.name,
+            group.events.len(),
+            group.pid,
+            crate::trace::describe_holders(&group.holders, &group.name)
+        );
+        if group.holders.is_empty() {
+            report.warn(
+                "stale uprobes",
+                detail,
+                "`cargo xtask trace` removes it when it starts (once nothing holds it open)",
+            );
+        } else {
+            let pids: Vec<String> = group.holders.iter().map(|h| h.pid.to_string()).collect();
+            report.warn(
+                "stale uprobes",
+                detail,
+                format!(
+                    "`kill {}` (a recorder orphaned by the killed run); the next `cargo xtask trace` then removes \
+                     the group. It does not block other runs: each uses a group of its own",
+                    pids.join(" ")
+                ),
+            );
+        }
+    }
 }
 
 const TRACEFS_FIX: &str =

@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 
-use crate::trace::perf::{self, Script};
-use crate::trace::{self, Recording, Weight};
+use crate::trace::{self, perf, perf_data, Weight};
 use crate::util;
 
 /// Options of `cargo xtask fold`.
@@ -28,6 +27,11 @@ pub struct Args {
     /// Where to write the flame graph; the folded stacks go next to it.
     #[arg(short, long, default_value = "flamegraph.svg")]
     output: PathBuf,
+    /// Fail when more than this share of the events, in percent, was lost
+    /// (by perf's own count: in a perf.data, or on the `# heapprobe-capture`
+    /// line that scripts/perf-flamegraph.sh writes atop its captures).
+    #[arg(long, value_name = "PERCENT", default_value_t = trace::DEFAULT_MAX_LOST)]
+    max_lost: f64,
     /// Echo the commands run.
     #[arg(short, long)]
     verbose: bool,
@@ -35,17 +39,19 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let text = read_capture(&args)?;
-    let Script { folded, lost, probes } = perf::parse_script(&text, args.weight, Some(&args.event));
-    if probes.is_empty() {
+    trace::check_output_writable(&args.output)?;
+    let (text, counts) = read_capture(&args)?;
+    let script = perf::parse_script(&text, args.weight, Some(&args.event))
+        .with_context(|| format!("{} is not a capture this can fold", args.input.display()))?;
+    if script.probes.is_empty() {
         bail!(
             "{} holds no probe hits: give `perf script -F {} --no-demangle` output, or the perf.data itself",
             args.input.display(),
             perf::SCRIPT_FIELDS
         );
     }
-    if folded.events == 0 {
-        let seen: Vec<String> = probes.iter().map(|(name, hits)| format!("{name} ({hits})")).collect();
+    if script.folded.events == 0 {
+        let seen: Vec<String> = script.probes.iter().map(|(name, hits)| format!("{name} ({hits})")).collect();
         bail!(
             "no heapprobe:{} hits in {}; it holds: {} (pick one with --event)",
             args.event,
@@ -53,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             seen.join(", ")
         );
     }
-    let recording = Recording { folded, lost, status: None };
+    let recording = script.into_recording(counts, None);
     let folded_path = args.output.with_extension("folded");
     recording.folded.write(&folded_path)?;
     let svg = (recording.folded.total > 0).then_some(args.output.as_path());
@@ -71,21 +77,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if svg.is_none() {
         bail!("nothing to weigh by {}: no flame graph written", args.weight.count_name());
     }
-    Ok(())
+    recording.recorded.check(args.max_lost, args.weight)
 }
 
-/// The capture as `perf script` text.
-fn read_capture(args: &Args) -> anyhow::Result<String> {
+/// The capture as `perf script` text, and perf's own count when the input is
+/// a perf.data.
+fn read_capture(args: &Args) -> anyhow::Result<(String, Option<perf_data::Counts>)> {
     if args.input.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).context("cannot read the capture from stdin")?;
-        return Ok(text);
+        return Ok((text, None));
     }
     let data = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
     if data.starts_with(b"PERFILE2") {
         let perf = util::require_tool("PERF", "perf", "linux-perf")?;
-        return perf::run_script(&perf, &args.input, args.verbose);
+        let counts = perf_data::count(&args.input)?;
+        return Ok((perf::run_script(&perf, &args.input, args.verbose)?, Some(counts)));
     }
-    String::from_utf8(data)
-        .with_context(|| format!("{} is neither perf.data nor `perf script` text", args.input.display()))
+    let text = String::from_utf8(data)
+        .with_context(|| format!("{} is neither perf.data nor `perf script` text", args.input.display()))?;
+    Ok((text, None))
 }

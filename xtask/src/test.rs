@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the whole test suite, as CI runs it.
 
 mod current_bpftrace;
+mod repeat;
 mod valgrind;
 
 use std::path::Path;
@@ -31,6 +32,12 @@ pub struct Args {
     /// (about 600 MB).
     #[arg(long)]
     no_current_bpftrace: bool,
+    /// Instead of the suites: build the workspace's test binaries, run each
+    /// N times in a row, and report every failure (which binary, which
+    /// tests, in how many runs, with logs). For finding flaky tests: run it
+    /// while other work keeps the cores busy.
+    #[arg(long, value_name = "N")]
+    repeat: Option<u32>,
     /// Extra arguments for every `cargo test` run (after `--`), such as a filter.
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -41,6 +48,10 @@ pub struct Args {
 /// compiled out, the `serde` feature, and the scripts and trace tests again
 /// with a current bpftrace.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(times) = args.repeat {
+        prepare_tracing(args.no_install, false)?;
+        return repeat::run(times, &args.test_args);
+    }
     prepare_tracing(args.no_install, !args.no_current_bpftrace)?;
     let root = project_root();
     let suites: [(&str, &[&str]); 4] = [

@@ -20,6 +20,72 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Spawns `cmd` (a recorder: perf, bpftrace) so that the kernel kills it
+/// with SIGKILL when this process dies, however it dies: a recorder orphaned
+/// by a killed xtask would keep its uprobes busy and go on recording.
+///
+/// The kernel sends the signal when the parent *thread* exits, so this must
+/// run on the main thread, which lives as long as the process.
+pub fn spawn_tied(cmd: &mut Command) -> anyhow::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id();
+    // SAFETY: gettid has no preconditions.
+    if unsafe { libc::gettid() } as u32 != parent {
+        bail!(
+            "internal error: {:?} must be spawned from the main thread (its death signal follows the spawning thread)",
+            display(cmd)
+        );
+    }
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only async-signal-safe functions (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // We died between fork and prctl: the signal will never come.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("failed to run {:?}", display(cmd)))
+}
+
+/// The command line that runs `exe` with `args` so that it gets SIGKILL when
+/// its parent (the recorder that runs it for us) dies: `setpriv --pdeathsig
+/// KILL -- exe args`. With the recorder tied to us ([`spawn_tied`]), a program
+/// we launched cannot outlive us, stopped or running. `setpriv` is the path
+/// [`require_setpriv`] found.
+pub fn tied_to_parent(setpriv: &Path, exe: &Path, args: &[String]) -> Vec<std::ffi::OsString> {
+    let mut line: Vec<std::ffi::OsString> = vec![setpriv.as_os_str().to_owned()];
+    line.extend(["--pdeathsig", "KILL", "--"].map(Into::into));
+    line.push(exe.as_os_str().to_owned());
+    line.extend(args.iter().map(Into::into));
+    line
+}
+
+/// The absolute path of `setpriv` (util-linux 2.33 or later, for
+/// `--pdeathsig`): the programs we launch under a recorder run through it.
+/// (bpftrace's `-c` wants a path that names one file, not a name that
+/// `/bin` and `/usr/bin` both hold.)
+pub fn require_setpriv() -> anyhow::Result<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("setpriv"))
+        .find(|p| p.is_file())
+        .context("setpriv is not installed: run `apt-get install -y util-linux`")?;
+    let path = found.canonicalize().with_context(|| format!("cannot resolve {}", found.display()))?;
+    let out = Command::new(&path).arg("--help").output();
+    match out {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("--pdeathsig") => Ok(path),
+        Ok(_) => bail!("{} has no --pdeathsig option: install util-linux 2.33 or later", path.display()),
+        Err(e) => bail!("cannot run {} ({e}): install util-linux (`apt-get install -y util-linux`)", path.display()),
+    }
+}
+
 /// Whether `program --version` runs successfully.
 pub fn has_tool(program: &str) -> bool {
     Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
@@ -175,6 +241,11 @@ impl Progress {
         } else {
             eprintln!("[{}] {what}", self.step.get());
         }
+    }
+
+    /// A line of detail under the current step.
+    pub fn note(&self, what: &str) {
+        eprintln!("    {what}");
     }
 
     /// On a terminal, a line that counts the seconds `what` has been running

@@ -1,7 +1,8 @@
-//! Golden tests: real `perf script` captures of the fixture (stored in
-//! `tests/data/`, recorded by `cargo xtask trace --keep` on this project's
-//! CI machine) folded by `cargo xtask fold` must equal the stored folded
-//! files, and their totals the fixture's known allocations. Needs no root.
+//! Golden tests: real `perf script` captures of the fixtures (stored in
+//! `tests/data/`, recorded by `cargo xtask trace --keep` and by
+//! `scripts/perf-flamegraph.sh` on this project's CI machine) folded by
+//! `cargo xtask fold` must equal the stored folded files, and their totals
+//! the fixtures' known allocations and perf's own count. Needs no root.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -31,7 +32,12 @@ fn scratch(tag: &str) -> PathBuf {
 /// Folds `capture` for `event` by `weight`; returns the folded text after
 /// checking the SVG is there and names `frame`.
 fn folded(capture: &str, event: &str, weight: &str, frame: &str) -> String {
-    let dir = scratch(&format!("{event}-{weight}"));
+    folded_with_stdout(capture, event, weight, frame).0
+}
+
+/// [`folded`], with the summary the fold printed.
+fn folded_with_stdout(capture: &str, event: &str, weight: &str, frame: &str) -> (String, String) {
+    let dir = scratch(&format!("{event}-{weight}-{}", capture.len()));
     let svg = dir.join("out.svg");
     let out =
         fold(&[data(capture).to_str().unwrap(), "--event", event, "--weight", weight, "-o", svg.to_str().unwrap()]);
@@ -41,7 +47,7 @@ fn folded(capture: &str, event: &str, weight: &str, frame: &str) -> String {
     assert!(image.contains(frame), "the SVG shows {frame}");
     let text = std::fs::read_to_string(svg.with_extension("folded")).unwrap();
     let _ = std::fs::remove_dir_all(dir);
-    text
+    (text, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn total(folded: &str) -> u64 {
@@ -82,4 +88,116 @@ fn a_capture_without_the_event_says_what_it_holds() {
     let out = fold(&[env!("CARGO_MANIFEST_DIR"), "-o", "/tmp/never-written.svg"]);
     assert!(!out.status.success());
     assert!(!Path::new("/tmp/never-written.svg").exists());
+}
+
+/// A release build inlines the allocator into several probe sites; perf
+/// right-aligns event names, so `alloc__0`'s lines start with a space next
+/// to `alloc__12`'s. Those events were read as stack frames: this capture
+/// folded to 20 of its 120 events.
+#[test]
+fn a_release_capture_with_right_aligned_event_names_folds_every_event() {
+    let (text, stdout) =
+        folded_with_stdout("perf-script-release-alloc.txt", "alloc", "bytes", "heapprobe_service::mixed_round");
+    assert_eq!(text, std::fs::read_to_string(data("perf-script-release-alloc.bytes.folded")).unwrap());
+    // What heapprobe-service reported for the traced phase.
+    assert_eq!(total(&text), 10436);
+    assert!(stdout.contains("heapprobe:alloc: 120 events"), "{stdout}");
+    assert!(stdout.contains("recorded: 120 samples in perf.data"), "{stdout}");
+    assert!(stdout.contains("lost events: 0"), "{stdout}");
+}
+
+/// The production route (issue: it gave "0 B"): scripts/perf-flamegraph.sh
+/// names each event's arguments as probes/heapprobe.d does, and writes the
+/// capture with perf's count atop it; folded here, it weighs the 10 × 777
+/// bytes the fixture's measured scope allocates, checked against the count.
+#[test]
+fn a_capture_recorded_by_perf_flamegraph_sh_folds_to_its_bytes() {
+    let capture = std::fs::read_to_string(data("perf-flamegraph-alloc_locked.txt")).unwrap();
+    assert!(capture.starts_with("# heapprobe-capture samples=10 lost=0\n"), "written by the script");
+    assert!(capture.contains(" size=777 align=16"), "named arguments");
+    let (text, stdout) =
+        folded_with_stdout("perf-flamegraph-alloc_locked.txt", "alloc_locked", "bytes", "measured_scope");
+    assert_eq!(text, std::fs::read_to_string(data("perf-flamegraph-alloc_locked.bytes.folded")).unwrap());
+    assert_eq!(total(&text), 7770);
+    assert!(stdout.contains("recorded: 10 samples in perf.data (the capture's heapprobe-capture line)"), "{stdout}");
+}
+
+/// A scratch file holding `text`, and where a flame graph of it would go.
+fn capture_file(tag: &str, text: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch(tag);
+    let capture = dir.join("capture.txt");
+    std::fs::write(&capture, text).unwrap();
+    (capture, dir.join("out.svg"))
+}
+
+#[test]
+fn a_capture_with_unnamed_arguments_or_a_strange_line_fails_quoting_it() {
+    let good = std::fs::read_to_string(data("perf-flamegraph-alloc_locked.txt")).unwrap();
+    // What the old script wrote: arguments named arg0, arg1, arg2.
+    let unnamed = good.replace(" ptr=", " arg0=").replace(" size=", " arg1=").replace(" align=", " arg2=");
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.insert(40, "perf: some message nobody expected");
+    let strange = lines.join("\n");
+    for (tag, text, expected) in [
+        ("unnamed", unnamed.as_str(), "heapprobe:alloc_locked has no size= (or new_size=) argument"),
+        ("strange", strange.as_str(), "line 41: expected an event"),
+    ] {
+        let (capture, svg) = capture_file(tag, text);
+        let out = fold(&[capture.to_str().unwrap(), "--event", "alloc_locked", "-o", svg.to_str().unwrap()]);
+        assert!(!out.status.success(), "{tag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{tag}: {stderr}");
+        assert!(stderr.contains("perf: some message nobody expected") || tag != "strange", "quotes the line");
+        assert!(stderr.contains("arg1=777") || tag != "unnamed", "quotes the line: {stderr}");
+        assert!(!svg.exists() && !svg.with_extension("folded").exists(), "{tag}: wrote output");
+        // Counting calls needs no size: the same capture folds.
+        if tag == "unnamed" {
+            let out = fold(&[
+                capture.to_str().unwrap(),
+                "--event",
+                "alloc_locked",
+                "--weight",
+                "count",
+                "-o",
+                svg.to_str().unwrap(),
+            ]);
+            assert!(out.status.success());
+        }
+    }
+}
+
+/// perf's count atop a capture says 11 samples, the capture holds 10: one
+/// event unaccounted for is 9% lost, beyond the default 1%, so the fold
+/// fails after writing everything; with --max-lost 10 it passes. Both say so.
+#[test]
+fn a_capture_that_disagrees_with_perf_s_count_fails_beyond_max_lost() {
+    let good = std::fs::read_to_string(data("perf-flamegraph-alloc_locked.txt")).unwrap();
+    let text = good.replace("# heapprobe-capture samples=10 lost=0", "# heapprobe-capture samples=11 lost=0");
+    let (capture, svg) = capture_file("disagrees", &text);
+    let args = [capture.to_str().unwrap(), "--event", "alloc_locked", "-o", svg.to_str().unwrap()];
+    let out = fold(&args);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("recorded: 11 samples in perf.data"), "{stdout}");
+    assert!(stdout.contains("lost events: 1 (9.09%): 1 counted by perf but not in the capture"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than --max-lost 1%"));
+    assert!(svg.exists(), "the graph of what there is is still written");
+    let out = fold(&[&args[..], &["--max-lost", "10"]].concat());
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lost events: 1 (9.09%)"));
+    // And perf's own lost count is reported as such.
+    let text = good.replace("# heapprobe-capture samples=10 lost=0", "# heapprobe-capture samples=10 lost=990");
+    let (capture, svg) = capture_file("lossy", &text);
+    let out = fold(&[capture.to_str().unwrap(), "--event", "alloc_locked", "-o", svg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lost events: 990 (99.00%): 990 dropped by the kernel"));
+}
+
+/// `-o` naming a directory fails at once, before reading anything.
+#[test]
+fn an_output_that_is_a_directory_fails_first() {
+    let dir = scratch("output-dir");
+    let out = fold(&[data("perf-script-release-alloc.txt").to_str().unwrap(), "-o", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it is a directory"));
 }

@@ -19,7 +19,10 @@ use object::elf::{FileHeader64, PF_W, PF_X, PT_LOAD, SHF_ALLOC, SHF_EXECINSTR};
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::Endianness;
 
-pub use uprobe::{find_tracefs, mount_tracefs, sweep_stale_groups, tracefs, UprobeGroup, UprobeSpec, GROUP_PREFIX};
+pub use uprobe::{
+    find_tracefs, group_pid, mount_tracefs, stale_groups, sweep_stale_groups, tracefs, Holder, StaleGroup, Sweep,
+    UprobeGroup, UprobeSpec, GROUP_PREFIX,
+};
 
 /// What can go wrong reading a binary.
 #[derive(Debug, thiserror::Error)]

@@ -187,15 +187,51 @@ fn write_events(tracefs: &Path, line: &str) -> Result<(), Error> {
     file.write_all(line.as_bytes()).map_err(|source| Error::Tracefs { what: what(), source })
 }
 
-/// Removes heapprobe groups whose creating process is gone (a run that was
-/// killed before it could clean up). Groups of live processes and every
-/// probe heapprobe did not create are left alone. Returns the removed events.
-pub fn sweep_stale_groups() -> Result<Vec<String>, Error> {
+/// A heapprobe group whose creating process is gone (a run that was killed
+/// before it could clean up).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleGroup {
+    /// The group's name (`heapprobe_<pid>_<tag><n>`).
+    pub name: String,
+    /// The pid that created it, no longer alive.
+    pub pid: u32,
+    /// Its events, as `GROUP/EVENT`.
+    pub events: Vec<String>,
+    /// Processes whose command line names the group, such as a `perf record
+    /// -e GROUP:*` orphaned by the killed run: they hold its events open, and
+    /// the kernel refuses to remove events in use.
+    pub holders: Vec<Holder>,
+}
+
+/// A process that (by its command line) holds a group's events open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command line, arguments separated by spaces.
+    pub cmdline: String,
+}
+
+/// What [`sweep_stale_groups`] did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// The events removed, as `GROUP/EVENT`.
+    pub removed: Vec<String>,
+    /// Stale groups left in place because the kernel said their events are in
+    /// use (`EBUSY`), with the processes that hold them when they can be found.
+    /// They do not stand in the way of a new run, whose group has its own name.
+    pub busy: Vec<StaleGroup>,
+}
+
+/// The heapprobe groups in `uprobe_events` whose creating process is gone,
+/// with the processes that hold them open. Groups of live processes and every
+/// probe heapprobe did not create are not listed. Reads only.
+pub fn stale_groups() -> Result<Vec<StaleGroup>, Error> {
     let tracefs = tracefs()?;
     let path = tracefs.join("uprobe_events");
     let text = std::fs::read_to_string(&path)
         .map_err(|source| Error::Tracefs { what: format!("cannot read {}", path.display()), source })?;
-    let mut removed = Vec::new();
+    let mut groups: Vec<StaleGroup> = Vec::new();
     for line in text.lines() {
         // p:GROUP/EVENT PATH:OFFSET ...
         let Some(id) = line.split_whitespace().next().and_then(|d| d.split_once(':')).map(|(_, id)| id) else {
@@ -204,16 +240,130 @@ pub fn sweep_stale_groups() -> Result<Vec<String>, Error> {
         let Some((group, _)) = id.split_once('/') else {
             continue;
         };
-        let Some(pid) =
-            group.strip_prefix(GROUP_PREFIX).and_then(|r| r.split('_').next()).and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(pid) = group_pid(group) else {
             continue;
         };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        write_events(&tracefs, &format!("-:{id}"))?;
-        removed.push(id.to_owned());
+        match groups.iter_mut().find(|g| g.name == group) {
+            Some(g) => g.events.push(id.to_owned()),
+            None => groups.push(StaleGroup {
+                name: group.to_owned(),
+                pid,
+                events: vec![id.to_owned()],
+                holders: Vec::new(),
+            }),
+        }
     }
-    Ok(removed)
+    if !groups.is_empty() {
+        let processes = command_lines();
+        for group in &mut groups {
+            // `GROUP:` as perf spells its events (`-e GROUP:*`), or `GROUP/`.
+            let (colon, slash) = (format!("{}:", group.name), format!("{}/", group.name));
+            group.holders = processes
+                .iter()
+                .filter(|h| h.cmdline.contains(&colon) || h.cmdline.contains(&slash))
+                .cloned()
+                .collect();
+        }
+    }
+    Ok(groups)
+}
+
+/// The pid in a heapprobe group's name, if it is one: `heapprobe_<pid>_…`
+/// (this crate's groups), or `heapprobe_sh_<pid>` (scripts/perf-flamegraph.sh's).
+pub fn group_pid(group: &str) -> Option<u32> {
+    let rest = group.strip_prefix(GROUP_PREFIX)?;
+    let rest = rest.strip_prefix("sh_").unwrap_or(rest);
+    rest.split('_').next()?.parse().ok()
+}
+
+/// Every process's command line (those we may read).
+fn command_lines() -> Vec<Holder> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let words: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            (!words.is_empty()).then(|| Holder { pid, cmdline: words.join(" ") })
+        })
+        .collect()
+}
+
+/// Removes heapprobe groups whose creating process is gone (a run that was
+/// killed before it could clean up). Groups of live processes and every probe
+/// heapprobe did not create are left alone. A stale group whose events the
+/// kernel says are in use (`EBUSY`: a recorder orphaned by the killed run
+/// still has them open) is left in place and reported in [`Sweep::busy`],
+/// with its holders; it does not stop the caller from registering its own.
+pub fn sweep_stale_groups() -> Result<Sweep, Error> {
+    let tracefs = tracefs()?;
+    let mut sweep = Sweep::default();
+    for group in stale_groups()? {
+        let mut busy = Vec::new();
+        for id in &group.events {
+            if remove_event(&tracefs, id)? {
+                sweep.removed.push(id.clone());
+            } else {
+                busy.push(id.clone());
+            }
+        }
+        // A holder killed a moment ago (a recorder that died with its run)
+        // may still be releasing the events: its files are closed, the
+        // kernel's release is not done. When no live process names the
+        // group, try again for up to two seconds (seen after SIGKILL: 1 of
+        // 3 events still busy).
+        for _ in 0..20 {
+            if busy.is_empty() || !group.holders.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let mut still = Vec::new();
+            for id in busy {
+                if remove_event(&tracefs, &id)? {
+                    sweep.removed.push(id);
+                } else {
+                    still.push(id);
+                }
+            }
+            busy = still;
+        }
+        if !busy.is_empty() {
+            sweep.busy.push(group);
+        }
+    }
+    Ok(sweep)
+}
+
+/// Removes one event (`GROUP/EVENT`): false when the kernel says it is in
+/// use (`EBUSY`).
+fn remove_event(tracefs: &Path, id: &str) -> Result<bool, Error> {
+    match write_events(tracefs, &format!("-:{id}")) {
+        Ok(()) => Ok(true),
+        Err(Error::Tracefs { source, .. }) if source.raw_os_error() == Some(EBUSY) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `EBUSY`: 16 on every Linux architecture.
+const EBUSY: i32 = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::group_pid;
+
+    #[test]
+    fn group_names_give_their_creator_s_pid() {
+        assert_eq!(group_pid("heapprobe_4242_trace0"), Some(4242));
+        assert_eq!(group_pid("heapprobe_sh_77"), Some(77));
+        assert_eq!(group_pid("heapprobe_x_1"), None);
+        assert_eq!(group_pid("notheapprobe_1_trace0"), None);
+    }
 }
