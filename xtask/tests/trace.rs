@@ -807,21 +807,18 @@ fn thousands_of_distinct_stacks_are_kept_or_counted_as_lost() {
     }
 }
 
-/// `--event alloc_failed` on a debug build: sites `__2`, `__5` and `__10`,
-/// so perf right-aligns the shorter names. The fixture's one failed
-/// allocation of 2^46 bytes must be there, with either backend.
+/// `--event alloc_failed`: the fixture's one failed allocation of 2^46
+/// bytes must be there, exactly, with either backend. (When this test was
+/// written the trace profile had alloc_failed sites `__2`, `__5` and `__10`,
+/// which perf right-aligns; since the wrapper's slow path holds every probe
+/// there is one site. Right-aligned names are covered by
+/// `a_release_build_traced_by_pid_matches_its_own_counters_exactly`, whose `alloc` sites have one- and
+/// two-digit numbers, an assertion there checks.)
 #[test]
-fn alloc_failed_with_right_aligned_sites_is_recorded() {
-    let test = "alloc_failed_with_right_aligned_sites_is_recorded";
+fn alloc_failed_is_recorded_exactly() {
+    let test = "alloc_failed_is_recorded_exactly";
     let Some(_kernel) = available(test) else { return };
-    let binary = heapprobe_sdt::Binary::open(fixture_with_frame_pointers()).unwrap();
-    let widths: Vec<usize> = binary
-        .valid_probes(Some("heapprobe"))
-        .enumerate()
-        .filter(|(_, p)| p.name == "alloc_failed")
-        .map(|(i, _)| i.to_string().len())
-        .collect();
-    assert!(widths.contains(&1) && widths.contains(&2), "alloc_failed sites {widths:?}");
+    fixture_with_frame_pointers();
     let tmp = TempDir::new("xtask-trace-failed");
     for backend in backends(test) {
         let svg = tmp.path().join(format!("{backend}.svg"));
