@@ -29,4 +29,9 @@ provider heapprobe {
 	probe scope_end(uint64_t); /* id */
 	/* The inner allocator returned null (alloc, alloc_zeroed or realloc). */
 	probe alloc_failed(uint64_t, uint64_t); /* size, align */
+	/* The in-process profiler sampled an allocation (or realloc growth):
+	   weight is the bytes it stands for, size / (1 - e^(-size/rate)). */
+	probe sample(uint64_t, uint64_t, uint64_t); /* ptr, size, weight */
+	/* A block the profiler sampled was freed (or moved by realloc). */
+	probe sample_free(uint64_t); /* ptr */
 };

@@ -328,6 +328,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
         let entry = self.enter();
         // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
         let ptr = unsafe { self.inner.alloc(layout) };
+        // Profiler hook (src/profile): off = one relaxed load and a branch.
+        if crate::profile::active() {
+            crate::profile::hooks::on_alloc(self, ptr, layout.size());
+        }
         self.allocated(entry, ptr, layout);
         ptr
     }
@@ -337,6 +341,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
         let entry = self.enter();
         // SAFETY: forwarded with the caller's layout, which meets `alloc_zeroed`'s contract.
         let ptr = unsafe { self.inner.alloc_zeroed(layout) };
+        // Profiler hook (src/profile): off = one relaxed load and a branch.
+        if crate::profile::active() {
+            crate::profile::hooks::on_alloc(self, ptr, layout.size());
+        }
         self.allocated(entry, ptr, layout);
         ptr
     }
@@ -346,6 +354,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
         // Bookkeeping first, so that the call to `inner` can be a tail call.
         {
             let entry = self.enter();
+            // Profiler hook (src/profile), before the block can be reused:
+            // off = one relaxed load and a branch.
+            if crate::profile::active() {
+                crate::profile::hooks::on_dealloc(ptr);
+            }
             let (size, align) = (layout.size(), layout.align());
             let (tally, writer) = self.tally(&entry);
             tally.deallocated(size, writer);
@@ -363,9 +376,19 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let entry = self.enter();
+        // Profiler hook (src/profile), before the old block can be reused:
+        // off = one relaxed load and a branch.
+        let profiling = crate::profile::active();
+        if profiling {
+            crate::profile::hooks::on_realloc_start(ptr);
+        }
         // SAFETY: the caller guarantees `realloc`'s contract for `ptr`,
         // `layout` and `new_size`; we forward them unchanged.
         let new_ptr = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        // Profiler hook (src/profile): the second half, null included.
+        if profiling {
+            crate::profile::hooks::on_realloc(self, ptr, new_ptr, layout.size(), new_size);
+        }
         let (old_size, align) = (layout.size(), layout.align());
         let (tally, writer) = self.tally(&entry);
         if new_ptr.is_null() {

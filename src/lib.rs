@@ -96,6 +96,7 @@ pub mod compat;
 mod future;
 mod histogram;
 pub mod probes;
+pub mod profile;
 mod scope;
 mod stats;
 mod tally;
