@@ -16,6 +16,19 @@ static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
 /// The global profiler is one per process: its tests take turns.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Takes the global profiler for one test; a failed test stops it.
+struct Serial(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        let _ = GLOBAL.stop_profiler();
+    }
+}
+
+fn serial() -> Serial {
+    Serial(SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
 fn exact_options() -> Options {
     let mut options = Options::default();
     options.rate = 1;
@@ -52,7 +65,7 @@ fn stop(profile: Option<Profile>) -> Profile {
 
 #[test]
 fn rate_1_records_the_known_pattern_exactly_and_its_in_use_bytes_after_half_is_freed() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = serial();
     let mut keep = Vec::with_capacity(1000);
     GLOBAL.start_profiler(exact_options()).unwrap();
     known_pattern(&mut keep);
@@ -147,4 +160,66 @@ fn the_peak_view_shows_the_heap_at_its_high_water_mark() {
     assert_eq!(profile.exact().unwrap().peak, 100_000);
     assert_eq!(profile.total(View::PeakBytes), 100_000.0);
     drop(b);
+}
+
+/// Recursion to `depth` frames, then one allocation: every depth is a
+/// distinct stack.
+#[inline(never)]
+fn nested(depth: usize, keep: &mut Vec<Vec<u8>>) {
+    if depth == 0 {
+        keep.push(black_box(Vec::with_capacity(100)));
+    } else {
+        nested(depth - 1, keep);
+        black_box(depth);
+    }
+}
+
+#[test]
+fn full_tables_count_their_drops_and_keep_the_totals() {
+    let _serial = serial();
+    let mut options = exact_options();
+    options.max_stacks = 16;
+    options.max_sites = 16;
+    options.max_live = 16;
+    let mut keep = Vec::with_capacity(200);
+    GLOBAL.start_profiler(options).unwrap();
+    for depth in 0..50 {
+        nested(depth, &mut keep);
+    }
+    let profile = stop(GLOBAL.stop_profiler());
+    println!("{profile}");
+    let (stacks, sites, live) = profile.drops();
+    assert!(stacks > 0 && live > 0, "drops: {:?}", profile.drops());
+    let _ = sites;
+    assert!(profile.summary().contains("DROPPED: "), "{profile}");
+    // Every sample is still counted: the dropped ones under their own frame
+    // (and thread 0, "[other threads]", when the site table is full too).
+    let folded = profile.folded(View::AllocatedBytes);
+    let nested_bytes = folded_through(&profile.folded_for_thread(View::AllocatedBytes, gettid()), "nested");
+    let dropped_bytes = folded_through(&folded, "[dropped: a profiler table was full]");
+    assert!(dropped_bytes > 0, "no dropped line");
+    assert_eq!(
+        folded.lines().map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap()).sum::<u64>(),
+        profile.total(View::AllocatedBytes) as u64
+    );
+    assert_eq!(profile.total(View::AllocatedBytes), profile.exact().unwrap().bytes_allocated as f64);
+    assert!(nested_bytes + dropped_bytes >= 50 * 100, "nested {nested_bytes}, dropped {dropped_bytes}");
+    // The tables are as small as asked, and the profiler says what it maps.
+    let (mapped, resident) = profile.memory();
+    assert!(mapped > 0 && resident <= mapped);
+    drop(keep);
+}
+
+#[test]
+fn live_blocks_as_json() {
+    #[inline(never)]
+    fn json_block() -> Vec<u8> {
+        black_box(Vec::with_capacity(777))
+    }
+    let (block, profile) = GLOBAL.profile(json_block);
+    let json = profile.live_json();
+    assert!(json.starts_with("{\"rate\":1,"), "{json}");
+    assert!(json.contains(&format!("\"ptr\":\"{:#x}\",\"size\":777,", block.as_ptr() as usize)), "{json}");
+    assert!(json.contains("json_block"), "{json}");
+    drop(block);
 }

@@ -47,6 +47,7 @@ pub(crate) fn active() -> bool {
     USERS.load(Relaxed) != 0
 }
 
+#[cfg_attr(not(feature = "profile"), allow(dead_code))]
 pub(crate) fn dwarf_skip() -> u32 {
     DWARF_SKIP.load(Relaxed)
 }
@@ -353,8 +354,14 @@ fn stack_hi(t: &ThreadProf) -> usize {
 }
 
 fn seed_thread(t: &ThreadProf) {
-    let sequence = THREAD_SEQ.fetch_add(1, Relaxed).wrapping_add(1);
+    let mut sequence = THREAD_SEQ.fetch_add(1, Relaxed).wrapping_add(1);
     let base = if HAS_SEED.load(Relaxed) {
+        // A named thread's stream depends on its name, not on which thread
+        // happened to sample first: runs repeat exactly.
+        let name = sys::thread_name();
+        if name[0] != 0 {
+            sequence = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+        }
         SEED.load(Relaxed)
     } else {
         // SystemTime reads the clock with a system call: no allocation.
