@@ -62,7 +62,7 @@ fn sixteen_threads_exact_per_thread_and_blocks_outliving_their_thread() {
     println!("{profile}");
     let names: Vec<String> = profile.threads().into_iter().map(|(_, name)| name).collect();
     for (i, tid, _) in &received {
-        let expected = 100 * (1000 + *i as u64) as u64;
+        let expected = 100 * (1000 + *i as u64);
         let alloc = profile.folded_for_thread(View::AllocatedBytes, *tid);
         assert_eq!(weight_through(&alloc, "thread_pattern"), expected + 100 * 24, "worker {i}:\n{alloc}");
         let inuse = profile.folded_for_thread(View::InUseBytes, *tid);
