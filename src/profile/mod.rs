@@ -58,6 +58,8 @@
 
 mod env;
 mod options;
+#[cfg(feature = "pprof")]
+mod pprof;
 mod report;
 mod sampler;
 mod stack;

@@ -9,7 +9,12 @@ use std::path::Path;
 use super::sampler::ThreadInfo;
 use super::stack::Method;
 use super::store::{Capacity, Drops, Live, Site, StackEntry, Store, STACK_DROPPED, STACK_TRUNCATED};
+use super::symbols::Frame;
 use crate::stats::Stats;
+
+/// A stack's return addresses, leaf first, each with its frames (inlined
+/// ones expanded), innermost first.
+pub(crate) type ResolvedStack = Vec<(usize, Vec<Frame>)>;
 
 /// Which figure a folded profile or flame graph is weighted by.
 #[non_exhaustive]
@@ -107,6 +112,7 @@ pub struct Profile {
     pub(crate) note: Option<String>,
     /// Each stack's frames, root first, symbolised (built on first use).
     names: OnceCell<Vec<Vec<String>>>,
+    resolved: OnceCell<Vec<ResolvedStack>>,
 }
 
 impl Profile {
@@ -147,6 +153,7 @@ impl Profile {
             seconds: None,
             note: None,
             names: OnceCell::new(),
+            resolved: OnceCell::new(),
         }
     }
 
@@ -179,6 +186,7 @@ impl Profile {
             seconds: None,
             note: Some(note),
             names: OnceCell::new(),
+            resolved: OnceCell::new(),
         }
     }
 
@@ -241,6 +249,15 @@ impl Profile {
             .sum()
     }
 
+    pub(crate) fn site_value(&self, site: &Site, view: View) -> f64 {
+        self.value(site, view)
+    }
+
+    /// `(tid, name)` of a thread index.
+    pub(crate) fn thread_label(&self, index: u32) -> (u64, String) {
+        (self.thread_info(index).tid, self.thread_name(index))
+    }
+
     fn value(&self, site: &Site, view: View) -> f64 {
         let peak = |peak: f64, now: f64| if self.at_peak { now } else { peak };
         match view {
@@ -279,27 +296,51 @@ impl Profile {
         }
     }
 
-    /// Each stack's frames, root first, symbolised, with the profiler's own
-    /// frames removed.
-    fn names(&self) -> &Vec<Vec<String>> {
-        self.names.get_or_init(|| {
-            let mut cache: HashMap<usize, Vec<String>> = HashMap::new();
+    /// Each stack's addresses, leaf first, each with its (inlined) frames,
+    /// innermost first; the profiler's own frames removed.
+    pub(crate) fn resolved(&self) -> &Vec<ResolvedStack> {
+        self.resolved.get_or_init(|| {
+            let mut cache: HashMap<usize, Vec<Frame>> = HashMap::new();
             self.stacks
                 .iter()
                 .map(|stack| {
                     if stack.flags & STACK_DROPPED != 0 {
-                        return vec![String::from("[dropped: a profiler table was full]")];
+                        return Vec::new();
                     }
                     let start = stack.start as usize;
                     let frames = &self.frames[start..start + stack.len as usize];
-                    let mut leaf_first: Vec<String> = Vec::new();
-                    for addr in frames {
-                        let names = cache.entry(*addr).or_insert_with(|| super::symbols::resolve(*addr, false));
-                        leaf_first.extend(names.iter().cloned());
-                    }
+                    let mut out: Vec<(usize, Vec<Frame>)> = frames
+                        .iter()
+                        .map(|addr| {
+                            (*addr, cache.entry(*addr).or_insert_with(|| super::symbols::resolve(*addr)).clone())
+                        })
+                        .collect();
                     // The sampler's own frames sit above the allocator's.
-                    let own = leaf_first.iter().take_while(|f| f.starts_with("heapprobe::profile::")).count();
-                    leaf_first.drain(..own);
+                    let own = out.iter().take_while(|(_, f)| f.iter().all(super::symbols::is_own)).count();
+                    out.drain(..own);
+                    if let Some((_, first)) = out.first_mut() {
+                        let inner = first.iter().take_while(|f| super::symbols::is_own(f)).count();
+                        first.drain(..inner);
+                    }
+                    out
+                })
+                .collect()
+        })
+    }
+
+    /// Each stack's frames, root first, symbolised, with the profiler's own
+    /// frames removed.
+    fn names(&self) -> &Vec<Vec<String>> {
+        self.names.get_or_init(|| {
+            self.resolved()
+                .iter()
+                .zip(&self.stacks)
+                .map(|(frames, stack)| {
+                    if stack.flags & STACK_DROPPED != 0 {
+                        return vec![String::from("[dropped: a profiler table was full]")];
+                    }
+                    let mut leaf_first: Vec<String> =
+                        frames.iter().flat_map(|(_, f)| f.iter().map(|f| f.name.clone())).collect();
                     if stack.flags & STACK_TRUNCATED != 0 {
                         leaf_first.push(String::from("[truncated]"));
                     }

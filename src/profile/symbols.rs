@@ -5,25 +5,42 @@
 //! expanded, Rust names demangled without their hash. Without it: the
 //! addresses in hex.
 
-/// The frames at `addr`, innermost first. `addr` is a return address
-/// (except for a stack's first frame when `exact`), so the call instruction
-/// is looked up one byte before it.
-pub(crate) fn resolve(addr: usize, exact: bool) -> Vec<String> {
-    let lookup = if exact { addr } else { addr.saturating_sub(1) };
+/// One function at an address (several when calls were inlined).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) name: String,
+    pub(crate) file: Option<String>,
+    pub(crate) line: u32,
+}
+
+/// The frames at `addr`, innermost first. `addr` is a return address, so
+/// the call instruction is looked up one byte before it.
+pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
+    let lookup = addr.saturating_sub(1);
     #[cfg(feature = "profile")]
     {
-        let mut names = Vec::new();
+        let mut frames = Vec::new();
         backtrace::resolve(lookup as *mut core::ffi::c_void, |symbol| {
             if let Some(name) = symbol.name() {
-                names.push(format!("{name:#}"));
+                frames.push(Frame {
+                    name: format!("{name:#}"),
+                    file: symbol.filename().map(|f| f.display().to_string()),
+                    line: symbol.lineno().unwrap_or(0),
+                });
             }
         });
-        if !names.is_empty() {
-            return names;
+        if !frames.is_empty() {
+            return frames;
         }
     }
     let _ = lookup;
-    vec![format!("{addr:#x}")]
+    vec![Frame { name: format!("{addr:#x}"), file: None, line: 0 }]
+}
+
+/// Whether a frame is the profiler's own (or its unwinder's): these sit
+/// above the allocator in every captured stack and are left out.
+pub(crate) fn is_own(frame: &Frame) -> bool {
+    frame.name.starts_with("heapprobe::profile::") || frame.name.starts_with("backtrace::")
 }
 
 /// Where a folded stack (root first) allocated: its innermost frame that is
