@@ -65,7 +65,8 @@ case $event in
 alloc | dealloc | alloc_locked | dealloc_locked) weight=1 unit=bytes ;;
 realloc | realloc_locked) weight=3 unit="bytes (new sizes)" ;;
 alloc_failed) weight=0 unit="bytes asked for" ;;
-scope_begin | scope_end) weight=-1 unit=calls ;;
+scope_begin | scope_end | sample_free) weight=-1 unit=calls ;;
+sample) weight=2 unit="bytes (estimated by the profiler's samples)" ;;
 *) die "unknown heapprobe probe '$event'" ;;
 esac
 perf=${PERF:-perf}

@@ -29,7 +29,9 @@ fn the_definition_declares_the_documented_provider() {
             "realloc_locked",
             "scope_begin",
             "scope_end",
-            "alloc_failed"
+            "alloc_failed",
+            "sample",
+            "sample_free"
         ]
     );
     let d = fs::read_to_string(root().join("probes/heapprobe.d")).unwrap();

@@ -57,7 +57,10 @@ mod imp {
 
     extern "C" fn write_at_exit() {
         let Some(out) = OUT.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
-        let exact = sampler::GLOBAL.with(|g| g.source).map(|s| s.stats());
+        // A process that links heapprobe without a `Heapprobe` allocator
+        // (a tool, a build script) sampled nothing and says nothing.
+        let Some(source) = sampler::GLOBAL.with(|g| g.source) else { return };
+        let exact = Some(source.stats());
         let Some(profile) = global_snapshot(exact) else { return };
         sampler::stop();
         let mut written = Vec::new();

@@ -249,11 +249,13 @@ impl Profile {
             .sum()
     }
 
+    #[cfg_attr(not(feature = "pprof"), allow(dead_code))]
     pub(crate) fn site_value(&self, site: &Site, view: View) -> f64 {
         self.value(site, view)
     }
 
     /// `(tid, name)` of a thread index.
+    #[cfg_attr(not(feature = "pprof"), allow(dead_code))]
     pub(crate) fn thread_label(&self, index: u32) -> (u64, String) {
         (self.thread_info(index).tid, self.thread_name(index))
     }
