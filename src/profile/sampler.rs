@@ -34,6 +34,9 @@ static THREAD_SEQ: AtomicU64 = AtomicU64::new(0);
 static DWARF_SKIP: AtomicU32 = AtomicU32::new(0);
 /// 0: not calibrated; 1: frame pointers hold; 2: they do not.
 static CALIBRATED: AtomicU8 = AtomicU8::new(0);
+/// Scoped profiles open on any thread: frees consult their thread's scope
+/// only while this is not 0.
+static SCOPES_OPEN: AtomicU32 = AtomicU32::new(0);
 /// Calls that arrived while their thread was already inside the profiler
 /// (or reading a profile); they are not recorded.
 pub(crate) static SKIPPED: AtomicU64 = AtomicU64::new(0);
@@ -461,6 +464,14 @@ pub(crate) fn on_alloc<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
     let budget = t.budget.get().wrapping_sub(size as i64);
     t.budget.set(budget);
     if budget < 0 || t.epoch.get() != EPOCH.load(Relaxed) {
+        // Same arguments in the same registers: a bare tail jump.
+        sampled_alloc_entry(heap, ptr, size);
+    }
+}
+
+#[inline(never)]
+fn sampled_alloc_entry<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
+    if let Some(t) = thread() {
         sampled_alloc(t, Source::of(heap), ptr as usize, size as u64);
     }
 }
@@ -469,10 +480,14 @@ pub(crate) fn on_alloc<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
 #[cold]
 #[inline(never)]
 pub(crate) fn on_dealloc(ptr: *mut u8) {
-    let in_scope = thread().is_some_and(|t| !t.scope.get().is_null());
-    if in_scope || store::filter_maybe(ptr as usize) {
+    if store::filter_maybe(ptr as usize) || (SCOPES_OPEN.load(Relaxed) != 0 && in_scope()) {
         freed(ptr as usize);
     }
+}
+
+#[inline(never)]
+fn in_scope() -> bool {
+    thread().is_some_and(|t| !t.scope.get().is_null())
 }
 
 /// Before a `realloc` of `ptr` reaches the inner allocator: a tracked block
@@ -481,8 +496,7 @@ pub(crate) fn on_dealloc(ptr: *mut u8) {
 #[cold]
 #[inline(never)]
 pub(crate) fn on_realloc_start(ptr: *mut u8) {
-    let in_scope = thread().is_some_and(|t| !t.scope.get().is_null());
-    if in_scope || store::filter_maybe(ptr as usize) {
+    if store::filter_maybe(ptr as usize) || (SCOPES_OPEN.load(Relaxed) != 0 && in_scope()) {
         detach(ptr as usize);
     }
 }
@@ -685,6 +699,7 @@ pub(crate) fn with_scope<R>(f: impl FnOnce() -> R) -> (R, Result<Store, ProfileE
             if self.parent.is_null() {
                 self.t.budget.set(self.t.global_budget.get());
             }
+            SCOPES_OPEN.fetch_sub(1, Release);
             USERS.fetch_sub(1, Release);
         }
     }
@@ -694,6 +709,7 @@ pub(crate) fn with_scope<R>(f: impl FnOnce() -> R) -> (R, Result<Store, ProfileE
     let guard = Guard { t, parent: state.parent };
     t.budget.set(-1);
     t.scope.set(&mut state);
+    SCOPES_OPEN.fetch_add(1, Release);
     USERS.fetch_add(1, Release);
     let result = f();
     drop(guard);
