@@ -15,7 +15,9 @@
 //!
 //! Timings interleave the variants round by round and report the median
 //! of the per-round ratios to `system` (this 2-core VM drifts by ±30%
-//! between minutes). The per-sample cost of the exact variants is their
+//! between minutes). Each variant runs its workload once untimed after
+//! switching (the profiler restarts per round, and a restarted profiler's
+//! tables fault their pages in on first use, which a service pays once). The per-sample cost of the exact variants is their
 //! time per allocation minus `idle`'s.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -184,7 +186,10 @@ fn main() {
             other => panic!("unknown variant {other:?}: system, idle, sampled, exact-fp, exact-dwarf, dhat"),
         };
         let n = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
-        under(variant, || pairs_32b(n));
+        match args.get(3).map(String::as_str) {
+            Some("vec") => under(variant, || vec_growth(n)),
+            _ => under(variant, || pairs_32b(n)),
+        }
         return;
     }
     type Workload = (&'static str, usize, fn(usize));
@@ -209,6 +214,10 @@ fn main() {
                     1
                 };
                 let seconds = under(variant, || {
+                    // Once untimed: a profiler just started touches its
+                    // tables' pages for the first time (page faults that a
+                    // long-running process pays once).
+                    workload(n / scale);
                     let start = Instant::now();
                     workload(n / scale);
                     start.elapsed().as_secs_f64() * scale as f64

@@ -682,6 +682,6 @@ impl fmt::Display for Profile {
             )?;
         }
         let (mapped, resident) = self.memory;
-        write!(f, "  profiler memory: {} resident of {} mapped", human(resident as f64), human(mapped as f64))
+        write!(f, "  profiler memory: {} touched of {} mapped", human(resident as f64), human(mapped as f64))
     }
 }

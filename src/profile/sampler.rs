@@ -610,10 +610,28 @@ fn sampled_realloc(t: &'static ThreadProf, source: Source, old: usize, new: usiz
         });
         return;
     }
+    // A tracked block whose growth was not sampled keeps its site: moving
+    // it costs no stack capture.
+    if global.is_none() {
+        if let Some(e) = detached {
+            let fired = GLOBAL.with(|g| {
+                let store = g.store.as_mut()?;
+                let exposure = e.exposure.saturating_add(growth);
+                store.insert_live(new, e.site, new_size, exposure, new_size);
+                Some((new_size as f64 * weight(exposure, store.rate)).round() as u64)
+            });
+            if let Some(weight) = fired {
+                fire_sample(new, new_size, weight);
+            }
+        }
+        if scope.is_null() {
+            return;
+        }
+    }
     let mut buf = [0usize; DEPTH_LIMIT];
     let (n, flags) = capture(t, &mut buf);
     let frames = &buf[..n];
-    if global.is_some() || detached.is_some() {
+    if global.is_some() {
         let mut fired = None;
         GLOBAL.with(|g| {
             if g.source.is_none() && source.is_static() {
