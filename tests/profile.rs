@@ -183,9 +183,11 @@ fn full_tables_count_their_drops_and_keep_the_totals() {
     options.max_live = 16;
     let mut keep = Vec::with_capacity(200);
     GLOBAL.start_profiler(options).unwrap();
+    let before = GLOBAL.thread_stats();
     for depth in 0..50 {
         nested(depth, &mut keep);
     }
+    let mine = GLOBAL.thread_stats() - before;
     let profile = stop(GLOBAL.stop_profiler());
     println!("{profile}");
     let (stacks, sites, live) = profile.drops();
@@ -202,7 +204,10 @@ fn full_tables_count_their_drops_and_keep_the_totals() {
         folded.lines().map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap()).sum::<u64>(),
         profile.total(View::AllocatedBytes) as u64
     );
-    assert_eq!(profile.total(View::AllocatedBytes), profile.exact().unwrap().bytes_allocated as f64);
+    // Nothing this thread allocated is missing (other test threads allocate
+    // meanwhile, at rate 1 too, so the process-wide total is at least this).
+    assert_eq!(mine.bytes_allocated, 50 * 100);
+    assert!(profile.total(View::AllocatedBytes) >= mine.bytes_allocated as f64);
     assert!(nested_bytes + dropped_bytes >= 50 * 100, "nested {nested_bytes}, dropped {dropped_bytes}");
     // The tables are as small as asked, and the profiler says what it maps.
     let (mapped, resident) = profile.memory();
