@@ -7,7 +7,8 @@
 #   SECONDS  how long to record (default 10; Ctrl-C ends it early)
 #   EVENT    a heapprobe probe (default alloc): alloc, dealloc, realloc,
 #            alloc_locked, dealloc_locked, realloc_locked, alloc_failed,
-#            scope_begin, scope_end, local_{alloc,dealloc,grow,shrink,failed}
+#            scope_begin, scope_end, local_{alloc,dealloc,grow,shrink,failed},
+#            sample, sample_free
 #   Env: OUT (output directory, default ./heapprobe-PID), PERF (perf
 #        binary), CALLGRAPH (default fp; dwarf for binaries built without
 #        frame pointers, much bigger and slower).
@@ -65,10 +66,11 @@ case $event in
 alloc | dealloc | alloc_locked | dealloc_locked) weight=1 unit=bytes ;;
 realloc | realloc_locked) weight=3 unit="bytes (new sizes)" ;;
 alloc_failed) weight=0 unit="bytes asked for" ;;
-scope_begin | scope_end) weight=-1 unit=calls ;;
+scope_begin | scope_end | sample_free) weight=-1 unit=calls ;;
 local_alloc | local_dealloc) weight=2 unit=bytes ;;
 local_grow | local_shrink) weight=4 unit="bytes (new sizes)" ;;
 local_failed) weight=1 unit="bytes asked for" ;;
+sample) weight=2 unit="bytes (estimated by the profiler's samples)" ;;
 *) die "unknown heapprobe probe '$event'" ;;
 esac
 perf=${PERF:-perf}

@@ -8,9 +8,14 @@
 //! call, calls inside a measured scope, which also fire the `*_locked`
 //! probes, re-entrant calls, threads without a slot) takes the slow path, a
 //! separate function with the same counting code.
+//!
+//! The in-process profiler (`src/profile`) hooks the slow path only. While
+//! it is on, every registered instance is diverted ([`divert_all`]): its key
+//! stops matching any thread's fast word, so every call reaches the hooks,
+//! and the fast path pays nothing for the profiler, on or off.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 
 use crate::probes;
 use crate::stats::Stats;
@@ -167,12 +172,11 @@ impl<A> Heapprobe<A> {
 
     /// Sends every thread's calls through the slow path while `on`, at no
     /// cost to the fast path: the key its one compare reads stops matching
-    /// any thread's fast word. For a hook that must see every call (the
-    /// sampling profiler of issue 13): place it in the slow path only.
-    #[allow(dead_code)] // the profiler's switch; not used by anything else yet
+    /// any thread's fast word. The profiler diverts every registered
+    /// instance at once with [`divert_all`]; this one is for tests.
+    #[cfg(test)]
     pub(crate) fn divert(&self, on: bool) {
-        let key = if on { self.id() | DIVERTED } else { self.id() };
-        self.key.store(key, Relaxed);
+        set_diverted(&self.key, on);
     }
 
     /// How much memory this instance has mapped for counter slots: the
@@ -235,8 +239,11 @@ impl<A> Heapprobe<A> {
         let _ = key;
         state.instance.set(self.id());
         state.slot.set(slot);
-        // The first bound thread switches the fast path on (unless diverted).
-        let _ = self.key.compare_exchange(0, self.id(), Relaxed, Relaxed);
+        // The first bound thread switches the fast path on, diverted while
+        // the profiler is on.
+        if self.key.load(Relaxed) & !DIVERTED == 0 {
+            self.enable_fast_path();
+        }
         // `HEAPPROBE_SUMMARY=1`: the first instance to bind a thread (the
         // `#[global_allocator]`, which std's runtime uses before `main`)
         // prints the heap summary at exit. One relaxed load once the
@@ -248,6 +255,32 @@ impl<A> Heapprobe<A> {
             crate::summary::arm_from_env(self)
         };
         Some(slot)
+    }
+
+    /// Registers the instance for [`divert_all`] and sets its key to its
+    /// address, with [`DIVERTED`] set while the profiler is on. An instance
+    /// that cannot be registered (the registry is full) keeps a key of 0:
+    /// every call takes the slow path, where the profiler sees it.
+    ///
+    /// Race-free with [`divert_all`]: the instance is registered before its
+    /// key is set, so a change of the switch after the key is set reaches
+    /// it; a change between reading the switch and setting the key is seen
+    /// by the second read, which sets it again.
+    #[cold]
+    #[inline(never)]
+    fn enable_fast_path(&self) {
+        // SAFETY: a `Heapprobe` that binds threads is never dropped while
+        // registered: `Drop` unregisters it (and a `static` never drops).
+        if !unsafe { register(&self.key) } {
+            return;
+        }
+        loop {
+            let on = DIVERT_ALL.load(SeqCst);
+            self.key.swap(if on { self.id() | DIVERTED } else { self.id() }, SeqCst);
+            if DIVERT_ALL.load(SeqCst) == on {
+                return;
+            }
+        }
     }
 
     /// The pthread key that releases slots at thread exit, created once.
@@ -512,6 +545,10 @@ impl<A: GlobalAlloc> Heapprobe<A> {
                 this.inner.alloc(layout)
             }
         };
+        // The profiler's hook (src/profile), null included.
+        if crate::profile::active() {
+            crate::profile::hooks::on_alloc(this, ptr, layout.size());
+        }
         let ptr = this.count_alloc(slow.slot, slow.in_scope(), ptr, layout);
         this.leave_slow(&slow);
         ptr
@@ -522,6 +559,12 @@ impl<A: GlobalAlloc> Heapprobe<A> {
     #[inline(never)]
     unsafe fn dealloc_slow(ptr: *mut u8, layout: Layout, this: &Self) {
         let slow = this.enter_slow();
+        // The profiler's hook (src/profile), before the block can be reused:
+        // a sampled block leaves its tables before another thread can be
+        // handed its address.
+        if crate::profile::active() {
+            crate::profile::hooks::on_dealloc(ptr);
+        }
         if this.count_dealloc(slow.slot, slow.in_scope(), ptr, layout) {
             if let Some(slot) = slow.slot {
                 this.publish(slot);
@@ -547,13 +590,110 @@ impl<A: GlobalAlloc> Heapprobe<A> {
     #[inline(never)]
     unsafe fn realloc_slow(ptr: *mut u8, layout: Layout, new_size: usize, this: &Self) -> *mut u8 {
         let slow = this.enter_slow();
+        // The profiler's hooks (src/profile): the old block leaves its
+        // tables before it can be reused, and the second half runs after,
+        // null included.
+        let profiling = crate::profile::active();
+        if profiling {
+            crate::profile::hooks::on_realloc_start(ptr);
+        }
         // SAFETY: the caller guarantees `realloc`'s contract for `ptr`,
         // `layout` and `new_size`; we forward them unchanged.
         let new_ptr = unsafe { this.inner.realloc(ptr, layout, new_size) };
+        if profiling {
+            crate::profile::hooks::on_realloc(this, ptr, new_ptr, layout.size(), new_size);
+        }
         let new_ptr = this.count_realloc(slow.slot, slow.in_scope(), ptr, new_ptr, layout, new_size);
         this.leave_slow(&slow);
         new_ptr
     }
+}
+
+impl<A> Drop for Heapprobe<A> {
+    /// Leaves the profiler's registry (a `static` never drops).
+    fn drop(&mut self) {
+        unregister(&self.key);
+    }
+}
+
+/// How many instances [`divert_all`] can reach. Others never take the fast
+/// path (their key stays 0), so the profiler still sees all their calls.
+const REGISTRY: usize = 64;
+
+/// The keys of the instances that took the fast path, for [`divert_all`].
+static KEYS: [AtomicPtr<AtomicUsize>; REGISTRY] = [const { AtomicPtr::new(core::ptr::null_mut()) }; REGISTRY];
+/// Whether every registered instance is diverted (written under [`SWITCH`]).
+static DIVERT_ALL: AtomicBool = AtomicBool::new(false);
+/// Serialises [`divert_all`] and [`unregister`]. Never taken on the
+/// allocator path: the threads that hold it are switching the profiler on
+/// or off (outside any allocator call), and allocate nothing while they do.
+static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn set_diverted(key: &AtomicUsize, on: bool) {
+    if on {
+        key.fetch_or(DIVERTED, SeqCst);
+    } else {
+        key.fetch_and(!DIVERTED, SeqCst);
+    }
+}
+
+/// Runs `change` (which returns whether the profiler is now on) and diverts
+/// or restores every registered `Heapprobe` to match, as one step: calls
+/// are serialised, so the last one decides, and an instance that registers
+/// meanwhile reads the switch after registering ([`Heapprobe::enable_fast_path`]).
+pub(crate) fn divert_all(change: impl FnOnce() -> bool) {
+    let _switch = SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let on = change();
+    if DIVERT_ALL.load(SeqCst) == on {
+        return;
+    }
+    DIVERT_ALL.store(on, SeqCst);
+    for entry in &KEYS {
+        let key = entry.load(SeqCst);
+        if !key.is_null() {
+            // SAFETY: registered keys belong to live instances: `Drop`
+            // unregisters under `SWITCH`, which this thread holds.
+            set_diverted(unsafe { &*key }, on);
+        }
+    }
+}
+
+/// Whether every registered instance is diverted now.
+#[allow(dead_code)] // used by tests of the profiler's switch
+pub(crate) fn diverting() -> bool {
+    DIVERT_ALL.load(SeqCst)
+}
+
+/// Adds `key` to the registry (once); false if the registry is full.
+/// Lock-free: it runs on the allocator path (a thread's first call).
+///
+/// # Safety
+/// `key` must stay valid until [`unregister`] removes it.
+unsafe fn register(key: &AtomicUsize) -> bool {
+    let ptr = key as *const AtomicUsize as *mut AtomicUsize;
+    if KEYS.iter().any(|entry| entry.load(SeqCst) == ptr) {
+        return true;
+    }
+    // Two threads binding the instance's first threads at once may both
+    // add it: one key listed twice is diverted twice, harmlessly.
+    KEYS.iter().any(|entry| entry.compare_exchange(core::ptr::null_mut(), ptr, SeqCst, SeqCst).is_ok())
+}
+
+fn unregister(key: &AtomicUsize) {
+    let ptr = key as *const AtomicUsize as *mut AtomicUsize;
+    if !KEYS.iter().any(|entry| entry.load(SeqCst) == ptr) {
+        return;
+    }
+    let _switch = SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for entry in &KEYS {
+        let _ = entry.compare_exchange(ptr, core::ptr::null_mut(), SeqCst, SeqCst);
+    }
+}
+
+/// The instances in the registry (for tests).
+#[allow(dead_code)]
+pub(crate) fn registered() -> usize {
+    KEYS.iter().filter(|entry| !entry.load(SeqCst).is_null()).count()
 }
 
 /// One slow-path call's view of its thread.

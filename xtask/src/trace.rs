@@ -80,7 +80,8 @@ pub enum CallGraph {
 /// How a probe hit is weighted.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Weight {
-    /// The probe's size argument (`size`, or `new_size` for realloc).
+    /// The probe's size argument (`size`, or `new_size` for realloc; for
+    /// `sample`, its `weight`: the bytes the sample stands for).
     Bytes,
     /// One per probe hit.
     Count,
@@ -102,7 +103,8 @@ impl Weight {
     pub fn of(self, probe: &str, args: &dyn Fn(&str) -> Option<u64>) -> u64 {
         match self {
             Weight::Count => 1,
-            Weight::Bytes => args("size").or_else(|| args("new_size")).unwrap_or(0),
+            // `sample` carries the bytes it stands for (the profiler's un-biased weight).
+            Weight::Bytes => args("weight").or_else(|| args("size")).or_else(|| args("new_size")).unwrap_or(0),
             Weight::Moved => match (args("old_ptr"), args("new_ptr"), args("old_size"), args("new_size")) {
                 (Some(old), Some(new), Some(old_size), Some(new_size))
                     if old != new && probe.starts_with("realloc") =>

@@ -1,0 +1,64 @@
+//! Names for return addresses, resolved off the hot path, in process.
+//!
+//! With the `profile` feature: `backtrace`'s resolver (gimli's addr2line
+//! over the binary's DWARF, else its symbol table), inlined frames
+//! expanded, Rust names demangled without their hash. Without it: the
+//! addresses in hex.
+
+/// One function at an address (several when calls were inlined).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) name: String,
+    pub(crate) file: Option<String>,
+    pub(crate) line: u32,
+}
+
+/// The frames at `addr`, innermost first. `addr` is a return address, so
+/// the call instruction is looked up one byte before it.
+pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
+    let lookup = addr.saturating_sub(1);
+    #[cfg(feature = "profile")]
+    {
+        let mut frames = Vec::new();
+        backtrace::resolve(lookup as *mut core::ffi::c_void, |symbol| {
+            if let Some(name) = symbol.name() {
+                frames.push(Frame {
+                    name: format!("{name:#}"),
+                    file: symbol.filename().map(|f| f.display().to_string()),
+                    line: symbol.lineno().unwrap_or(0),
+                });
+            }
+        });
+        if !frames.is_empty() {
+            return frames;
+        }
+    }
+    let _ = lookup;
+    vec![Frame { name: format!("{addr:#x}"), file: None, line: 0 }]
+}
+
+/// Whether a frame is the profiler's own (or its unwinder's): these sit
+/// above the allocator in every captured stack and are left out.
+pub(crate) fn is_own(frame: &Frame) -> bool {
+    frame.name.starts_with("heapprobe::profile::") || frame.name.starts_with("backtrace::")
+}
+
+/// Where a folded stack (root first) allocated: its innermost frame that is
+/// not allocator machinery, then up to two callers, as `site <- caller <- caller`.
+pub(crate) fn site_of(stack: &str) -> String {
+    const MACHINERY: [&str; 10] = [
+        "heapprobe::",
+        "<heapprobe::",
+        "__rust",
+        "__rdl_",
+        "alloc::",
+        "<alloc::",
+        "core::",
+        "<core::",
+        "std::alloc::",
+        "[truncated]",
+    ];
+    let frames: Vec<&str> = stack.rsplit(';').collect();
+    let site = frames.iter().position(|f| !MACHINERY.iter().any(|m| f.starts_with(m))).unwrap_or(0);
+    frames[site..].iter().take(3).copied().collect::<Vec<_>>().join(" <- ")
+}
