@@ -74,12 +74,19 @@ fn the_profiler_never_reenters_the_allocator_and_the_detector_works() {
     assert_eq!(GLOBAL.reentrant_calls(), 0, "the profiler re-entered the global allocator");
 
     // Positive control: with the profiler on, an inner allocator that
-    // allocates through the global allocator is caught.
+    // allocates through the global allocator from the slow path (here, a
+    // measured scope), where the profiler's hooks run, is caught. (Outside
+    // scopes a diverted call takes the lean path, which like the fast path
+    // marks nothing around the inner call: such re-entry is counted, not
+    // flagged. The profiler's sampled work runs marked on every path; the
+    // library's unit test `profiler_busy_marks_the_thread` proves the lean
+    // path's marking.)
     let mut options = Options::default();
     options.rate = 1;
     GLOBAL.start_profiler(options).unwrap();
     REENTER_ONCE.with(|r| r.set(true));
-    drop(black_box(Box::new([0u8; 48])));
+    let ((), scoped) = GLOBAL.measure(|| drop(black_box(Box::new([0u8; 48]))));
+    assert_eq!((scoped.allocations, scoped.bytes_allocated), (2, 48 + 8));
     let profile = GLOBAL.stop_profiler().unwrap();
     assert_eq!(GLOBAL.reentrant_calls(), 2, "the re-entrant alloc and its dealloc");
     // The nested calls were not recorded by the profiler (its thread was busy).

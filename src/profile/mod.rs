@@ -76,9 +76,15 @@ use crate::stats::Stats;
 
 pub(crate) use self::sampler::active;
 
-/// The hooks `src/alloc.rs` calls while [`active`] is true.
+/// The hooks `src/alloc.rs` calls while [`active`] is true: on its slow
+/// path, `on_*`; on its lean path (a diverted thread otherwise fit for the
+/// fast path), the inline `*_due` checks and, when one says so, the
+/// sampled work.
 pub(crate) mod hooks {
-    pub(crate) use super::sampler::{on_alloc, on_dealloc, on_realloc, on_realloc_start};
+    pub(crate) use super::sampler::{
+        alloc_due, detach, free_due, freed, on_alloc, on_dealloc, on_realloc, on_realloc_start, realloc_due,
+        sampled_alloc_entry, sampled_realloc_entry,
+    };
 }
 
 /// Why the profiler could not start.

@@ -488,7 +488,7 @@ pub(crate) fn on_alloc<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
 }
 
 #[inline(never)]
-fn sampled_alloc_entry<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
+pub(crate) fn sampled_alloc_entry<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
     if let Some(t) = thread() {
         sampled_alloc(t, Source::of(heap), ptr as usize, size as u64);
     }
@@ -572,7 +572,7 @@ fn sampled_alloc(t: &'static ThreadProf, source: Source, ptr: usize, size: u64) 
 }
 
 #[inline(never)]
-fn freed(ptr: usize) {
+pub(crate) fn freed(ptr: usize) {
     let Some(t) = thread() else { return };
     let Some(_busy) = Busy::enter(t) else { return };
     each_scope(t.scope.get(), |s| {
@@ -587,7 +587,7 @@ fn freed(ptr: usize) {
 }
 
 #[inline(never)]
-fn detach(ptr: usize) {
+pub(crate) fn detach(ptr: usize) {
     let Some(t) = thread() else { return };
     let Some(_busy) = Busy::enter(t) else { return };
     each_scope(t.scope.get(), |s| s.detached = s.store.remove_live(ptr));
@@ -599,6 +599,59 @@ fn detach(ptr: usize) {
         t.detached_global.set(found);
     }
     t.detached.set(true);
+}
+
+/// The sampled half of [`on_realloc`], for the lean path (which did the
+/// countdown itself, [`realloc_due`]).
+#[inline(never)]
+pub(crate) fn sampled_realloc_entry<A>(
+    heap: &Heapprobe<A>,
+    old: *mut u8,
+    new: *mut u8,
+    old_size: usize,
+    new_size: usize,
+) {
+    if let Some(t) = thread() {
+        sampled_realloc(t, Source::of(heap), old as usize, new as usize, old_size as u64, new_size as u64);
+    }
+}
+
+// ---- the lean path's inline checks ----
+//
+// `src/alloc.rs` takes a lean path for a diverted thread that is bound to
+// the instance, has no measured scope open (so no scoped profile either)
+// and is not inside an allocator call: the fast path's counting plus these
+// checks, inline; the sampled work (the `*_entry` functions, `freed`,
+// `detach`) runs out of line with the thread marked busy.
+
+/// After an allocation of `bytes` on the lean path: whether the sampled
+/// path must run ([`sampled_alloc_entry`]). The same countdown as [`on_alloc`].
+#[inline(always)]
+pub(crate) fn alloc_due(bytes: usize) -> bool {
+    let Some(t) = thread() else { return false };
+    let budget = t.budget.get().wrapping_sub(bytes as i64);
+    t.budget.set(budget);
+    budget < 0 || t.epoch.get() != EPOCH.load(Relaxed)
+}
+
+/// After a realloc from `old_size` to `new_size` bytes on the lean path:
+/// whether the sampled path must run ([`sampled_realloc_entry`]). The same
+/// test as [`on_realloc`].
+#[inline(always)]
+pub(crate) fn realloc_due(old_size: usize, new_size: usize) -> bool {
+    let Some(t) = thread() else { return false };
+    let growth = new_size.saturating_sub(old_size);
+    let budget = t.budget.get().wrapping_sub(growth as i64);
+    t.budget.set(budget);
+    budget < 0 || t.detached.get() || t.epoch.get() != EPOCH.load(Relaxed)
+}
+
+/// Before a free (or the first half of a realloc) on the lean path: whether
+/// the block may be in the global table, so that [`freed`] (or [`detach`])
+/// must run. No scope can be open on a thread on the lean path.
+#[inline(always)]
+pub(crate) fn free_due(ptr: *mut u8) -> bool {
+    store::filter_maybe(ptr as usize)
 }
 
 #[inline(never)]
