@@ -7,7 +7,14 @@
 //!   sampled), walking frame pointers / unwinding from `.eh_frame`;
 //! - `dhat`: dhat 0.3's heap profiler (exact; one global mutex per call).
 //!
+//! `peers` instead times one binary per global allocator (benches/variants,
+//! shared with `cargo bench --bench instructions`), the way a program uses
+//! one: System, heapprobe with the profiler off, at 512 KiB and at rate 1,
+//! pprof-alloc 0.6 (pprof on), libdd-profiling-heap-allocator 1.2 and dhat,
+//! in interleaved rounds.
+//!
 //! ```text
+//! cargo bench --bench profile -- peers [ROUNDS]                         # the peers, side by side
 //! RUSTFLAGS="-C force-frame-pointers=yes" cargo bench --bench profile   # timings (exact-fp needs frame pointers)
 //! cargo bench --bench profile -- pairs idle 1000000                     # a workload alone, for callgrind:
 //! valgrind --tool=callgrind target/release/deps/profile-HASH pairs sampled 1000000
@@ -172,8 +179,100 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The peers, one binary each (benches/variants, as `cargo bench --bench
+/// instructions` builds them): (binary, title, scale). A variant with scale
+/// `k` runs `n / k` repetitions (exact profilers are slow); times are per
+/// repetition either way.
+const PEERS: [(&str, &str, u64); 7] = [
+    ("system", "System", 1),
+    ("heapprobe", "heapprobe, profiler off", 1),
+    ("heapprobe_sampled", "heapprobe, 512 KiB", 1),
+    ("heapprobe_exact", "heapprobe, rate 1 (.eh_frame)", 100),
+    ("pprof_on", "pprof-alloc 0.6, pprof on", 1),
+    ("ddheap", "libdd-profiling-heap-allocator 1.2", 1),
+    ("dhat", "dhat 0.3", 100),
+];
+
+/// The peers' workloads (benches/variants/src/lib.rs): (name, title, n).
+const PEER_WORKLOADS: [(&str, &str, u64); 3] = [
+    ("alloc_free_32b", "alloc+free 32 B, per pair", 2_000_000),
+    ("vec_growth_1000", "`Vec<u64>` growth to 1000, per Vec", 20_000),
+    ("hashmap_10k", "`HashMap<String, Vec<u8>>` of 10 000, per map", 100),
+];
+
+/// Times every peer binary on every workload in interleaved rounds (each
+/// round runs each variant once, in turn) and prints the median time per
+/// repetition and the median of the per-round ratios to System.
+fn peers(rounds: usize) {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target/instructions");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(&cargo)
+        .args(["build", "--release", "--bins", "--manifest-path"])
+        .arg(root.join("benches/variants/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("run cargo build for benches/variants");
+    assert!(status.success(), "cargo build of benches/variants exited with {status}");
+    let time = |bin: &str, workload: &str, n: u64| -> f64 {
+        let exe = target.join("release").join(bin);
+        let out = std::process::Command::new(&exe)
+            .args([workload, &n.to_string()])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{} exited with {}: {stdout}{}",
+            exe.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns: f64 = stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ns="))
+            .and_then(|ns| ns.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no `ns=` in {stdout:?}", exe.display()));
+        ns / n as f64
+    };
+    println!("\nside by side with the peers: one binary per global allocator (benches/variants), {rounds} interleaved rounds;");
+    println!("median time per repetition (median of the per-round ratios to System)\n");
+    println!("| Workload | {} |", PEERS.iter().map(|p| p.1).collect::<Vec<_>>().join(" | "));
+    println!("|---|{}", "---:|".repeat(PEERS.len()));
+    for (workload, title, n) in PEER_WORKLOADS {
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); PEERS.len()];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); PEERS.len()];
+        for _ in 0..rounds {
+            let round: Vec<f64> = PEERS.iter().map(|(bin, _, scale)| time(bin, workload, (n / scale).max(1))).collect();
+            for (i, t) in round.iter().enumerate() {
+                times[i].push(*t);
+                ratios[i].push(t / round[0]);
+            }
+        }
+        let cells: Vec<String> = (0..PEERS.len())
+            .map(|i| {
+                let t = median(times[i].clone());
+                let shown = if t < 1e3 {
+                    format!("{t:.1} ns")
+                } else if t < 1e6 {
+                    format!("{:.1} µs", t / 1e3)
+                } else {
+                    format!("{:.2} ms", t / 1e6)
+                };
+                format!("{shown} ({:.2}×)", median(ratios[i].clone()))
+            })
+            .collect();
+        println!("| {title} | {} |", cells.join(" | "));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if args.first().map(String::as_str) == Some("peers") {
+        peers(args.get(1).and_then(|r| r.parse().ok()).unwrap_or(11));
+        return;
+    }
     if args.first().map(String::as_str) == Some("pairs") {
         // One workload alone, for instruction counts under callgrind.
         let variant = match args.get(1).map(String::as_str) {

@@ -31,6 +31,14 @@ mod imp {
         if text.trim() == "0" || text.trim().is_empty() {
             return;
         }
+        // Registered before anything allocates, so that it runs after the
+        // handlers registered later (atexit runs them in reverse order),
+        // such as the heap summary's, which the global allocator registers
+        // on its first call when `HEAPPROBE_SUMMARY` asks for it: the
+        // summary's figures come before what writing the profile allocates.
+        // SAFETY: `write_at_exit` is an `extern "C" fn()` that lives for the
+        // whole program.
+        unsafe { libc::atexit(write_at_exit) };
         let (options, out) = match Options::parse(&text) {
             Ok(parsed) => parsed,
             Err(e) => {
@@ -46,13 +54,15 @@ mod imp {
             eprintln!("heapprobe: {ENV_VAR}={text}: {e}");
             return;
         }
-        *OUT.lock().unwrap_or_else(|p| p.into_inner()) = Some(out.unwrap_or_else(|| {
+        // Copied now that the profiler runs, so that every block this
+        // process keeps is in its tables (the live map's sum is the exact
+        // current use); the copy made before the start is freed.
+        let out = match out {
+            Some(out) => out.as_str().to_owned(),
             // SAFETY: getpid has no preconditions.
-            format!("heapprobe-profile-{}", unsafe { libc::getpid() })
-        }));
-        // SAFETY: `write_at_exit` is an `extern "C" fn()` that lives for the
-        // whole program.
-        unsafe { libc::atexit(write_at_exit) };
+            None => format!("heapprobe-profile-{}", unsafe { libc::getpid() }),
+        };
+        *OUT.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
     }
 
     extern "C" fn write_at_exit() {
@@ -60,8 +70,7 @@ mod imp {
         // A process that links heapprobe without a `Heapprobe` allocator
         // (a tool, a build script) sampled nothing and says nothing.
         let Some(source) = sampler::GLOBAL.with(|g| g.source) else { return };
-        let exact = Some(source.stats());
-        let Some(profile) = global_snapshot(exact) else { return };
+        let Some(profile) = global_snapshot(Some(&|| source.stats())) else { return };
         sampler::stop();
         let mut written = Vec::new();
         let mut write = |path: String, result: std::io::Result<()>| match result {

@@ -158,7 +158,7 @@ impl<A> Heapprobe<A> {
     /// The running profiler's profile so far (`None` if it never ran).
     /// Blocks freed after this call do not change the returned profile.
     pub fn profile_snapshot(&self) -> Option<Profile> {
-        global_snapshot(Some(self.stats()))
+        global_snapshot(Some(&|| self.stats()))
     }
 
     /// Makes the profile's current in-use state its peak: the peak view
@@ -211,21 +211,51 @@ impl<A> Heapprobe<A> {
     }
 }
 
-/// The global profile so far, checked against `exact_now` (the source's
-/// counters now) minus those at the start.
-fn global_snapshot(exact_now: Option<Stats>) -> Option<Profile> {
+/// The global profile so far, checked against `exact_now()` (the source's
+/// counters now) minus those at the start. The counters are read under the
+/// profiler's lock, just before its tables are copied (the copy's own
+/// allocations skip the profiler, and come after the read): with no other
+/// thread inside an allocator call at that instant, the two agree exactly.
+fn global_snapshot(exact_now: Option<&dyn Fn() -> Stats>) -> Option<Profile> {
     let skipped = sampler::SKIPPED.load(core::sync::atomic::Ordering::Relaxed);
     let mut profile = sampler::GLOBAL.with(|g| {
         let store = g.store.as_ref()?;
+        let now = exact_now.map(|read| read());
         let mut profile = Profile::from_store(report::Kind::Global, store, &g.threads[..=g.threads_used]);
-        profile.exact = g.baseline.zip(exact_now).map(|(base, now)| now - base);
+        profile.exact = g.baseline.zip(now).map(|(base, now)| now - base);
+        profile.exact_current = now.map(|s| s.current);
         profile.seconds = g.started.map(|t| t.elapsed().as_secs_f64());
         profile.max_depth = g.options.as_ref().map_or(0, |o| o.max_depth);
+        profile.session = sampler::session();
         Some(profile)
     })?;
-    profile.exact_current = exact_now.map(|s| s.current);
     profile.skipped = skipped;
     Some(profile)
+}
+
+/// The heap summary's top live stacks (`crate::summary::LIVE_STACKS`,
+/// registered when the global profiler starts): the global profile's
+/// in-use view. The summary's figures are read before this runs, so what
+/// it allocates (the copy of the tables, symbols) does not change them.
+fn write_live_stacks(out: &mut dyn fmt::Write) -> fmt::Result {
+    let Some(profile) = global_snapshot(None) else { return Ok(()) };
+    let stopped = if sampler::running() { "" } else { " (as of when the profiler stopped)" };
+    let text = profile.live_stacks_text("heapprobe: ", 5, 8);
+    match text.split_once('\n') {
+        Some((head, rest)) => {
+            out.write_str(head.trim_end_matches(':'))?;
+            out.write_str(stopped)?;
+            out.write_str(":\n")?;
+            out.write_str(rest)
+        }
+        None => out.write_str(&text),
+    }
+}
+
+/// Makes the heap summary at exit print the top live stacks.
+pub(crate) fn register_live_stacks() {
+    let writer: crate::summary::LiveStacks = write_live_stacks;
+    crate::summary::LIVE_STACKS.store(writer as usize, core::sync::atomic::Ordering::Release);
 }
 
 /// `HEAPPROBE_ASSERT_PROFILE=0` turns the assertions' recording off. Read

@@ -247,8 +247,17 @@ impl Profile {
     /// every pprof viewer read): Go's four heap sample types, the period
     /// (the rate), mappings with build-ids, one sample per stack and thread
     /// (labels `thread` and `tid`). Values are the un-biased estimates,
-    /// rounded (exact at rate 1). Feature `pprof`.
+    /// rounded (exact at rate 1). Its default sample type is
+    /// `inuse_space`, as in Go's heap profiles. Feature `pprof`.
     pub fn pprof(&self) -> Vec<u8> {
+        self.pprof_as(View::InUseBytes)
+    }
+
+    /// [`pprof`](Self::pprof) whose default sample type (what `go tool
+    /// pprof` shows unless told otherwise) is `view`'s: `alloc_space` for
+    /// Go's `allocs` profile. The peak views have no pprof sample type;
+    /// they give `inuse_space`. Feature `pprof`.
+    pub fn pprof_as(&self, view: View) -> Vec<u8> {
         let mut strings = Strings::new();
         let segments = segments();
         let mut mappings: Vec<proto::Mapping> = Vec::new();
@@ -388,7 +397,13 @@ impl Profile {
             period_type,
             period: self.rate as i64,
             comment,
-            default_sample_type: 3, // inuse_space, as Go's heap profiles
+            // A string: the name of the preferred type (profile.proto).
+            default_sample_type: strings.id(match view {
+                View::AllocatedObjects => "alloc_objects",
+                View::AllocatedBytes => "alloc_space",
+                View::InUseObjects => "inuse_objects",
+                _ => "inuse_space",
+            }),
         };
         let message = proto::Profile { string_table: strings.table, ..message };
         let raw = prost::Message::encode_to_vec(&message);

@@ -110,6 +110,11 @@ pub struct Profile {
     pub(crate) exact_current: Option<usize>,
     pub(crate) seconds: Option<f64>,
     pub(crate) note: Option<String>,
+    /// The profiler's session (it changes at every start and stop): two
+    /// snapshots of one session can be subtracted.
+    pub(crate) session: u32,
+    /// When the tables were read (`sys::now_ns`), for the live blocks' ages.
+    pub(crate) taken: u64,
     /// Each stack's frames, root first, symbolised (built on first use).
     names: OnceCell<Vec<Vec<String>>>,
     resolved: OnceCell<Vec<ResolvedStack>>,
@@ -152,9 +157,62 @@ impl Profile {
             exact_current: None,
             seconds: None,
             note: None,
+            session: 0,
+            taken: super::sys::now_ns(),
             names: OnceCell::new(),
             resolved: OnceCell::new(),
         }
+    }
+
+    /// What was allocated, and how the in-use view changed, between
+    /// `earlier` and this profile (Go's delta profiles: `?seconds=N`).
+    /// `None` if the profiler stopped or restarted in between (they are
+    /// different sessions, whose tables do not line up).
+    #[cfg_attr(not(all(feature = "server", feature = "pprof")), allow(dead_code))]
+    pub(crate) fn delta_since(&self, earlier: &Profile) -> Option<Profile> {
+        if self.kind != earlier.kind || self.session != earlier.session || earlier.sites.len() > self.sites.len() {
+            return None;
+        }
+        // One session's tables only grow: a site keeps its index.
+        let mut sites = self.sites.clone();
+        for (now, then) in sites.iter_mut().zip(&earlier.sites) {
+            now.alloc_objects -= then.alloc_objects;
+            now.alloc_bytes -= then.alloc_bytes;
+            now.inuse_objects -= then.inuse_objects;
+            now.inuse_bytes -= then.inuse_bytes;
+            now.samples = now.samples.saturating_sub(then.samples);
+        }
+        Some(Profile {
+            kind: self.kind,
+            rate: self.rate,
+            method: self.method,
+            frame_pointers: self.frame_pointers,
+            max_depth: self.max_depth,
+            stacks: self.stacks.clone(),
+            frames: self.frames.clone(),
+            sites,
+            live: self.live.clone(),
+            threads: self.threads.clone(),
+            drops: self.drops,
+            capacity: self.capacity,
+            memory: self.memory,
+            inuse: (self.inuse.0 - earlier.inuse.0, self.inuse.1 - earlier.inuse.1),
+            peak: self.peak,
+            at_peak: self.at_peak,
+            samples: self.samples.saturating_sub(earlier.samples),
+            truncated_samples: self.truncated_samples.saturating_sub(earlier.truncated_samples),
+            fp_samples: self.fp_samples.saturating_sub(earlier.fp_samples),
+            untracked_bytes: self.untracked_bytes - earlier.untracked_bytes,
+            skipped: self.skipped.saturating_sub(earlier.skipped),
+            exact: self.exact.zip(earlier.exact).map(|(now, then)| now - then),
+            exact_current: self.exact_current,
+            seconds: self.seconds.zip(earlier.seconds).map(|(now, then)| now - then),
+            note: self.note.clone(),
+            session: self.session,
+            taken: self.taken,
+            names: OnceCell::new(),
+            resolved: OnceCell::new(),
+        })
     }
 
     /// A profile with nothing in it, saying why.
@@ -185,6 +243,8 @@ impl Profile {
             exact_current: None,
             seconds: None,
             note: Some(note),
+            session: 0,
+            taken: 0,
             names: OnceCell::new(),
             resolved: OnceCell::new(),
         }
@@ -449,6 +509,66 @@ impl Profile {
         out
     }
 
+    /// The live map (issue 14's `/debug/heap/live`), in the shape of the
+    /// stats_alloc memory-map fork: `length_memory_array` (blocks listed),
+    /// `memory` (`[[address, size], …]`), `memory_allocated` (their bytes)
+    /// and `total_memory` (the exact current use, when the profile has it);
+    /// then `blocks`, the same blocks with their thread, age in
+    /// milliseconds and stack (root first). At rate 1 (`"exact": true`)
+    /// every block allocated since the profiler started and still live is
+    /// listed, so `memory_allocated` equals `total_memory` when it started
+    /// with the process and other threads were not allocating at the
+    /// instant of the snapshot; at other rates the blocks are samples, each
+    /// standing for `objects` blocks. `truncated` says that the live table
+    /// was full (`untracked_bytes` were not listed). At most `limit` blocks
+    /// are listed, the largest first (then `truncated` is true as well, and
+    /// `length_memory_array` < `live_blocks`).
+    pub fn live_map_json(&self, limit: usize) -> String {
+        let names = self.names();
+        let mut live = self.live.clone();
+        // The largest first; equal sizes by address, so the order is stable.
+        live.sort_by(|a, b| b.size.cmp(&a.size).then(a.ptr.cmp(&b.ptr)));
+        let total = live.len();
+        live.truncate(limit);
+        let allocated: u64 = live.iter().map(|l| l.size).sum();
+        let mut out = String::new();
+        let _ = write!(out, "{{\"length_memory_array\":{},\"memory\":[", live.len());
+        for (i, block) in live.iter().enumerate() {
+            let _ = write!(out, "{}[{},{}]", if i == 0 { "" } else { "," }, block.ptr, block.size);
+        }
+        let _ = write!(
+            out,
+            "],\"memory_allocated\":{allocated},\"total_memory\":{},\"live_blocks\":{total},\"exact\":{},\"rate\":{},\
+             \"truncated\":{},\"untracked_bytes\":{},\"in_use_bytes\":{},\"in_use_objects\":{},\"blocks\":[",
+            self.exact_current.map_or_else(|| String::from("null"), |c| c.to_string()),
+            self.rate <= 1,
+            self.rate,
+            self.drops.live > 0 || total > live.len(),
+            json_number(self.untracked_bytes),
+            json_number(self.inuse.1),
+            json_number(self.inuse.0),
+        );
+        for (i, block) in live.iter().enumerate() {
+            let site = self.sites.get(block.site as usize).copied().unwrap_or_default();
+            let stack: Vec<String> =
+                names.get(site.stack as usize).into_iter().flatten().map(|f| json_string(f)).collect();
+            let age_ms = self.taken.saturating_sub(block.born) / 1_000_000;
+            let _ = write!(
+                out,
+                "{}{{\"address\":{},\"size\":{},\"objects\":{},\"tid\":{},\"thread\":{},\"age_ms\":{age_ms},\"stack\":[{}]}}",
+                if i == 0 { "" } else { "," },
+                block.ptr,
+                block.size,
+                json_number(block.objects),
+                self.thread_info(site.thread).tid,
+                json_string(&self.thread_name(site.thread)),
+                stack.join(","),
+            );
+        }
+        out.push_str("]}\n");
+        out
+    }
+
     /// The share of stacks that do not reach a thread's entry point
     /// (`main`, `_start`, `clone`, `start_thread`, ...), which is what a
     /// truncated or broken walk looks like. `(short, total)`.
@@ -490,6 +610,42 @@ impl Profile {
                 let share = if total > 0.0 { 100.0 * w / total } else { 0.0 };
                 let shown = if view.unit() == "bytes" { human(*w) } else { format!("{w:.0}") };
                 let _ = writeln!(out, "    {shown:>10} {share:5.1}%  {site}");
+            }
+        }
+        out
+    }
+
+    /// The heaviest stacks of what is still live (the in-use view, all
+    /// threads merged), valgrind-style: each with its bytes and blocks, then
+    /// up to `depth` frames from the allocating function outwards (allocator
+    /// machinery left out). Every line starts with `prefix`.
+    pub(crate) fn live_stacks_text(&self, prefix: &str, n: usize, depth: usize) -> String {
+        let names = self.names();
+        let mut by_stack: HashMap<u32, (f64, f64)> = HashMap::new();
+        for site in &self.sites {
+            if site.inuse_bytes > 0.0 {
+                let entry = by_stack.entry(site.stack).or_default();
+                entry.0 += site.inuse_bytes;
+                entry.1 += site.inuse_objects;
+            }
+        }
+        let mut top: Vec<(u32, (f64, f64))> = by_stack.into_iter().collect();
+        top.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+        let mut out = String::new();
+        let how =
+            if self.rate <= 1 { String::from("exact: rate 1") } else { format!("estimated at rate {}", self.rate) };
+        let _ = writeln!(
+            out,
+            "{prefix}top live stacks ({} of {}, the in-process profiler's in-use view, {how}):",
+            top.len().min(n),
+            top.len()
+        );
+        for (stack, (bytes, objects)) in top.into_iter().take(n) {
+            let _ = writeln!(out, "{prefix}  {:.0} bytes in {:.0} blocks", bytes, objects);
+            let leaf_first: Vec<&String> = names.get(stack as usize).into_iter().flatten().rev().collect();
+            let site = leaf_first.iter().position(|f| !super::symbols::is_machinery(f)).unwrap_or(0);
+            for (i, frame) in leaf_first[site..].iter().take(depth).enumerate() {
+                let _ = writeln!(out, "{prefix}    {} {frame}", if i == 0 { "at" } else { "by" });
             }
         }
         out

@@ -344,7 +344,11 @@ pub(crate) fn start(options: &Options, source: Source, baseline: Stats) -> Resul
         EPOCH.fetch_add(1, Release);
         users_change(true);
         Ok(())
-    })
+    })?;
+    // The heap summary at exit (HEAPPROBE_SUMMARY=1) now lists the top
+    // live stacks too.
+    super::register_live_stacks();
+    Ok(())
 }
 
 /// Stops the global profiler; its tables keep what they hold.
@@ -357,6 +361,12 @@ pub(crate) fn stop() -> bool {
         users_change(false);
         true
     })
+}
+
+/// Changes at every start and stop (read under the profiler's lock, it
+/// names the session a profile belongs to).
+pub(crate) fn session() -> u32 {
+    EPOCH.load(Acquire)
 }
 
 pub(crate) fn running() -> bool {
@@ -546,6 +556,7 @@ fn sampled_alloc(t: &'static ThreadProf, source: Source, ptr: usize, size: u64) 
     let mut buf = [0usize; DEPTH_LIMIT];
     let (n, flags) = capture(t, &mut buf);
     let frames = &buf[..n];
+    let born = sys::now_ns();
     if let Some(rate) = global {
         let w = weight(size, rate);
         GLOBAL.with(|g| {
@@ -558,7 +569,7 @@ fn sampled_alloc(t: &'static ThreadProf, source: Source, ptr: usize, size: u64) 
             let site = store.site(stack, thread);
             note_stack(store, flags);
             store.count_allocated(site, w, size as f64 * w);
-            store.insert_live(ptr, site, size, size, size);
+            store.insert_live(ptr, site, size, size, size, born);
         });
         fire_sample(ptr, size, (size as f64 * w).round() as u64);
     }
@@ -567,7 +578,7 @@ fn sampled_alloc(t: &'static ThreadProf, source: Source, ptr: usize, size: u64) 
         let site = s.store.site(stack, 1);
         note_stack(&mut s.store, flags);
         s.store.count_allocated(site, 1.0, size as f64);
-        s.store.insert_live(ptr, site, size, size, size);
+        s.store.insert_live(ptr, site, size, size, size, born);
     });
 }
 
@@ -670,13 +681,13 @@ fn sampled_realloc(t: &'static ThreadProf, source: Source, old: usize, new: usiz
         if let Some(e) = detached {
             GLOBAL.with(|g| {
                 if let Some(store) = g.store.as_mut() {
-                    store.insert_live(old, e.site, e.size, e.exposure, e.size);
+                    store.insert_live(old, e.site, e.size, e.exposure, e.size, e.born);
                 }
             });
         }
         each_scope(scope, |s| {
             if let Some(e) = s.detached.take() {
-                s.store.insert_live(old, e.site, e.size, e.exposure, e.size);
+                s.store.insert_live(old, e.site, e.size, e.exposure, e.size, e.born);
             }
         });
         return;
@@ -688,7 +699,7 @@ fn sampled_realloc(t: &'static ThreadProf, source: Source, old: usize, new: usiz
             let fired = GLOBAL.with(|g| {
                 let store = g.store.as_mut()?;
                 let exposure = e.exposure.saturating_add(growth);
-                store.insert_live(new, e.site, new_size, exposure, new_size);
+                store.insert_live(new, e.site, new_size, exposure, new_size, e.born);
                 Some((new_size as f64 * weight(exposure, store.rate)).round() as u64)
             });
             if let Some(weight) = fired {
@@ -720,12 +731,12 @@ fn sampled_realloc(t: &'static ThreadProf, source: Source, old: usize, new: usiz
             // Tracked after the realloc iff tracked before or the growth was
             // sampled: probability 1 - e^-(exposure)/rate, so the entry is
             // weighed by its exposure (size plus every sampled growth).
-            let exposure = match detached {
-                Some(e) => e.exposure.saturating_add(growth),
-                None if global.is_some() => new_size,
+            let (exposure, born) = match detached {
+                Some(e) => (e.exposure.saturating_add(growth), e.born),
+                None if global.is_some() => (new_size, sys::now_ns()),
                 None => return,
             };
-            store.insert_live(new, site, new_size, exposure, new_size);
+            store.insert_live(new, site, new_size, exposure, new_size, born);
             fired = Some((new_size as f64 * weight(exposure, store.rate)).round() as u64);
         });
         if let Some(weight) = fired {
@@ -740,9 +751,9 @@ fn sampled_realloc(t: &'static ThreadProf, source: Source, old: usize, new: usiz
             s.store.count_allocated_bytes(site, growth as f64);
         }
         match s.detached.take() {
-            Some(e) => s.store.insert_live(new, site, new_size, e.exposure + growth, new_size),
+            Some(e) => s.store.insert_live(new, site, new_size, e.exposure + growth, new_size, e.born),
             // A block from before the scope: the scope owns its growth only.
-            None if growth > 0 => s.store.insert_live(new, site, new_size, new_size, growth),
+            None if growth > 0 => s.store.insert_live(new, site, new_size, new_size, growth, sys::now_ns()),
             None => {}
         }
     });

@@ -111,6 +111,8 @@ pub(crate) struct Live {
     /// What it adds to its site's in-use figures (removed exactly on free).
     pub(crate) objects: f64,
     pub(crate) bytes: f64,
+    /// When the block was allocated (`sys::now_ns`), kept across reallocs.
+    pub(crate) born: u64,
 }
 
 /// What a full table refused.
@@ -401,7 +403,7 @@ impl Store {
     /// bytes are charged to the in-use view (its size, except for a block
     /// older than a scope that only grew in it). `exposure` is what the
     /// sampler saw of it, for [`weight`].
-    pub(crate) fn insert_live(&mut self, ptr: usize, site: u32, size: u64, exposure: u64, counted: u64) {
+    pub(crate) fn insert_live(&mut self, ptr: usize, site: u32, size: u64, exposure: u64, counted: u64, born: u64) {
         let w = weight(exposure, self.rate);
         let (objects, bytes) = (w, counted as f64 * w);
         if ptr == 0 || self.live_used + 1 > (self.live_mask + 1) / 3 * 2 {
@@ -414,7 +416,7 @@ impl Store {
             // SAFETY: slot is masked to the live table's size.
             let entry = unsafe { &mut *self.live.add(slot) };
             if entry.ptr == 0 {
-                *entry = Live { ptr, size, exposure, site, objects, bytes };
+                *entry = Live { ptr, size, exposure, site, objects, bytes, born };
                 break;
             }
             slot = (slot + 1) & self.live_mask;

@@ -43,9 +43,9 @@ pub(crate) fn is_own(frame: &Frame) -> bool {
     frame.name.starts_with("heapprobe::profile::") || frame.name.starts_with("backtrace::")
 }
 
-/// Where a folded stack (root first) allocated: its innermost frame that is
-/// not allocator machinery, then up to two callers, as `site <- caller <- caller`.
-pub(crate) fn site_of(stack: &str) -> String {
+/// Whether a frame is allocator machinery (the wrapper, Rust's allocation
+/// glue, the collections' growth code) rather than the code that asked.
+pub(crate) fn is_machinery(frame: &str) -> bool {
     const MACHINERY: [&str; 10] = [
         "heapprobe::",
         "<heapprobe::",
@@ -58,7 +58,13 @@ pub(crate) fn site_of(stack: &str) -> String {
         "std::alloc::",
         "[truncated]",
     ];
+    MACHINERY.iter().any(|m| frame.starts_with(m))
+}
+
+/// Where a folded stack (root first) allocated: its innermost frame that is
+/// not allocator machinery, then up to two callers, as `site <- caller <- caller`.
+pub(crate) fn site_of(stack: &str) -> String {
     let frames: Vec<&str> = stack.rsplit(';').collect();
-    let site = frames.iter().position(|f| !MACHINERY.iter().any(|m| f.starts_with(m))).unwrap_or(0);
+    let site = frames.iter().position(|f| !is_machinery(f)).unwrap_or(0);
     frames[site..].iter().take(3).copied().collect::<Vec<_>>().join(" <- ")
 }

@@ -222,3 +222,18 @@ pub(crate) fn stack_bounds() -> Option<(usize, usize)> {
         (rc == 0 && !addr.is_null()).then(|| (addr as usize, addr as usize + size))
     }
 }
+
+/// Monotonic nanoseconds (the coarse clock: the kernel's tick, a few ms),
+/// for the age of a live block. No allocation; a vDSO read.
+#[cfg(target_os = "linux")]
+pub(crate) fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn now_ns() -> u64 {
+    0
+}
