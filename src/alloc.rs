@@ -9,10 +9,13 @@
 //! probes, re-entrant calls, threads without a slot) takes the slow path, a
 //! separate function with the same counting code.
 //!
-//! The in-process profiler (`src/profile`) hooks the slow path only. While
-//! it is on, every registered instance is diverted ([`divert_all`]): its key
-//! stops matching any thread's fast word, so every call reaches the hooks,
-//! and the fast path pays nothing for the profiler, on or off.
+//! The in-process profiler (`src/profile`) has nothing on the fast path.
+//! While it is on, every registered instance is diverted ([`divert_all`]):
+//! its key stops matching any thread's fast word, so every call misses the
+//! fast path. A thread that would otherwise have taken it takes the *lean*
+//! path (`*_lean`): the fast path's counting plus the profiler's inline
+//! checks, its sampled work out of line with the thread marked busy; every
+//! other call takes the slow path, which runs the profiler's hooks.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};

@@ -97,6 +97,14 @@ pub fn main(variant: &str, calls: impl Fn() -> Option<(u64, u64)> + Sync) {
     };
     // The calls are checked on the thread that makes them.
     let run = || {
+        // A few repetitions untimed first (first-touch page faults, lazy
+        // initialisation), as many whatever `n` is, so that callgrind's
+        // I(2n) - I(n) cancels them.
+        work(match workload {
+            "alloc_free_32b" | "alloc_free_32b_thread_1001" => 1000,
+            "vec_growth_1000" => 10,
+            _ => 1,
+        });
         let before = calls();
         let start = std::time::Instant::now();
         work(n);
