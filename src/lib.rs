@@ -97,8 +97,8 @@
 //! binaries under valgrind's memcheck and LeakSanitizer.
 //! # Profiling without root
 //!
-//! [`profile`]: an in-process sampling heap profiler. Off by default (one
-//! load and a branch per call); started from code
+//! [`profile`]: an in-process sampling heap profiler. Off by default (and
+//! then it costs the allocator nothing); started from code
 //! ([`Heapprobe::start_profiler`]) or from the environment
 //! (`HEAPPROBE_PROFILE=rate=524288,out=/tmp/heap`), it samples a thread's
 //! allocations every 512 KiB on average (exponential gaps; `rate = 1`

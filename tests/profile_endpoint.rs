@@ -31,11 +31,13 @@ fn go_available() -> bool {
 }
 
 /// `go tool pprof -top -cum` of `url`, focused on `function`, in raw units
-/// (bytes as `-unit=B`), with the default sample type (a space) unless
+/// (bytes as `-unit=B`; its timeout raised: by default it waits 1.5 × N for
+/// a `seconds=N` profile, which a loaded machine can overrun while the
+/// profile is read and named), with the default sample type (a space) unless
 /// `sample_index` is given.
 fn pprof_top(url: &str, function: &str, sample_index: Option<&str>, tmp: &Path) -> std::process::Output {
     Command::new("go")
-        .args(["tool", "pprof", "-top", "-cum", "-nodecount=200", "-symbolize=none"])
+        .args(["tool", "pprof", "-top", "-cum", "-nodecount=200", "-symbolize=none", "-timeout=120"])
         .args(sample_index.map_or(true, |i| i.ends_with("_space")).then_some("-unit=B"))
         .arg(format!("-focus={function}"))
         .args(sample_index.map(|i| format!("-sample_index={i}")))
@@ -153,7 +155,7 @@ fn go_tool_pprof_and_the_live_map_read_the_fixtures_known_blocks_exactly() {
     let delta_tmp = tmp.to_owned();
     let delta = std::thread::spawn(move || {
         Command::new("go")
-            .args(["tool", "pprof", "-top", "-cum", "-nodecount=1000", "-unit=B", "-symbolize=none"])
+            .args(["tool", "pprof", "-top", "-cum", "-nodecount=1000", "-unit=B", "-symbolize=none", "-timeout=120"])
             .arg(&url)
             .env("PPROF_TMPDIR", &delta_tmp)
             .output()
@@ -174,7 +176,7 @@ fn go_tool_pprof_and_the_live_map_read_the_fixtures_known_blocks_exactly() {
     let stdout = String::from_utf8_lossy(&delta.stdout);
     assert!(!stdout.contains("::known_blocks"), "{stdout}");
     let whole = Command::new("go")
-        .args(["tool", "pprof", "-top", "-cum", "-nodecount=1000", "-unit=B", "-symbolize=none"])
+        .args(["tool", "pprof", "-top", "-cum", "-nodecount=1000", "-unit=B", "-symbolize=none", "-timeout=120"])
         .arg(at("/debug/pprof/allocs"))
         .env("PPROF_TMPDIR", tmp)
         .output()

@@ -1,8 +1,10 @@
 //! The in-process sampling heap profiler: allocation flame graphs without
 //! root, perf or a rebuild.
 //!
-//! Off by default: until it is started, the allocator pays one relaxed load
-//! and a branch for it. Once started ([`Heapprobe::start_profiler`], or the
+//! Off by default, and then free: it has no instruction on the allocator's
+//! fast path. While it runs, every `Heapprobe` instance is diverted off its
+//! fast path to a lean path that adds the profiler's checks to the same
+//! counting. Once started ([`Heapprobe::start_profiler`], or the
 //! [`HEAPPROBE_PROFILE`](ENV_VAR) environment variable), each thread counts
 //! down the bytes it allocates and takes a sample when an exponentially
 //! distributed gap of mean [`Options::rate`] runs out (512 KiB by default,

@@ -374,7 +374,7 @@ impl Profile {
                     let mut out: Vec<(usize, Vec<Frame>)> = frames
                         .iter()
                         .map(|addr| {
-                            (*addr, cache.entry(*addr).or_insert_with(|| super::symbols::resolve(*addr)).clone())
+                            (*addr, cache.entry(*addr).or_insert_with(|| super::symbols::resolve_cached(*addr)).clone())
                         })
                         .collect();
                     // The sampler's own frames sit above the allocator's.

@@ -1,10 +1,12 @@
 //! The sampler: each thread's byte countdown, the hooks the allocator calls
 //! while the profiler is active, and the global profile's state.
 //!
-//! Per call, an active profiler costs the allocator one call here: `alloc`
-//! subtracts the size from the thread's countdown and compares it with 0;
-//! `dealloc` hashes the address and loads one byte of the free filter (and
-//! checks whether the thread has a scope open). Everything else happens on
+//! Per call, an active profiler costs the allocator's lean path a few
+//! inline instructions here: `alloc` subtracts the size from the thread's
+//! countdown and compares it with 0 (and the thread's epoch with the
+//! profiler's); `dealloc` hashes the address and loads one byte of the free
+//! filter. The slow path calls the `on_*` hooks, which do the same plus the
+//! scope checks. Everything else happens on
 //! the sampled path, which never allocates, never takes a lock that the
 //! allocator itself may hold, and is skipped if the thread is already inside it.
 
@@ -81,7 +83,7 @@ pub(crate) struct ScopeState {
 
 /// What a thread knows about its sampling. Const-initialised, no destructor.
 pub(crate) struct ThreadProf {
-    /// Bytes left before the next sample (the fast path's countdown).
+    /// Bytes left before the next sample (the lean path's countdown).
     budget: Cell<i64>,
     /// `EPOCH` when `budget` was drawn.
     epoch: Cell<u32>,

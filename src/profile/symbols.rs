@@ -13,6 +13,26 @@ pub(crate) struct Frame {
     pub(crate) line: u32,
 }
 
+/// [`resolve`], remembered for the life of the process: a service whose
+/// profile is read again and again (a scraper every few seconds, a delta
+/// profile that must answer soon after its `N` seconds) names each address
+/// once. An address keeps its names as long as the code there stays
+/// mapped, which for the executable and the libraries loaded at start is
+/// the whole run. Taken only by threads reading a profile, never on the
+/// allocator path.
+pub(crate) fn resolve_cached(addr: usize) -> Vec<Frame> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CACHE: Mutex<Option<HashMap<usize, Vec<Frame>>>> = Mutex::new(None);
+    if let Some(frames) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|c| c.get(&addr)) {
+        return frames.clone();
+    }
+    // Resolved without the lock: two readers may both name an address.
+    let frames = resolve(addr);
+    CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(addr, frames.clone());
+    frames
+}
+
 /// The frames at `addr`, innermost first. `addr` is a return address, so
 /// the call instruction is looked up one byte before it.
 pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
