@@ -212,6 +212,19 @@ fn full_tables_count_their_drops_and_keep_the_totals() {
     // The tables are as small as asked, and the profiler says what it maps.
     let (mapped, resident) = profile.memory();
     assert!(mapped > 0 && resident <= mapped);
+    // The live map says it is not whole (the exact mode's truncation flag),
+    // and how much it left out.
+    let live: serde_json::Value = serde_json::from_str(&profile.live_map_json(usize::MAX)).unwrap();
+    assert_eq!(live["truncated"], true, "{live}");
+    assert!(live["untracked_bytes"].as_f64().unwrap() > 0.0, "{live}");
+    assert!(live["length_memory_array"].as_u64().unwrap() < 50, "{live}");
+    // The stacks start at the allocator's entry: the wrapper's lean path and
+    // the profiler's own frames are left out.
+    let stack = live["blocks"][0]["stack"].as_array().unwrap();
+    assert!(
+        stack.last().unwrap().as_str().unwrap().contains("as core::alloc::global::GlobalAlloc>::alloc"),
+        "{stack:?}"
+    );
     drop(keep);
 }
 

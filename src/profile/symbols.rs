@@ -57,10 +57,16 @@ pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
     vec![Frame { name: format!("{addr:#x}"), file: None, line: 0 }]
 }
 
-/// Whether a frame is the profiler's own (or its unwinder's): these sit
-/// above the allocator in every captured stack and are left out.
+/// Whether a frame is the profiler's own (or its unwinder's, or the
+/// wrapper's lean or slow path that called it): these sit above the
+/// allocator's entry (`<heapprobe::alloc::Heapprobe<A> as GlobalAlloc>::alloc`,
+/// which stays) in every captured stack and are left out, so that a stack
+/// reads the same whichever path sampled it.
 pub(crate) fn is_own(frame: &Frame) -> bool {
-    frame.name.starts_with("heapprobe::profile::") || frame.name.starts_with("backtrace::")
+    frame.name.starts_with("heapprobe::profile::")
+        || frame.name.starts_with("backtrace::")
+        || frame.name.starts_with("heapprobe::alloc::Heapprobe<")
+        || frame.name.starts_with("heapprobe::alloc::profiler_busy")
 }
 
 /// Whether a frame is allocator machinery (the wrapper, Rust's allocation
