@@ -9,6 +9,15 @@
 use std::{env, fmt::Write as _, fs, path::PathBuf};
 
 fn main() {
+    // The in-process profiler (src/profile) walks frame pointers and reads
+    // thread stack bounds the way Linux on x86_64 and aarch64 lays them out;
+    // elsewhere it builds as a stub that says it is unavailable.
+    println!("cargo:rustc-check-cfg=cfg(heapprobe_profiler)");
+    let os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    if os == "linux" && (arch == "x86_64" || arch == "aarch64") {
+        println!("cargo:rustc-cfg=heapprobe_profiler");
+    }
     let definition = "probes/heapprobe.d";
     println!("cargo:rerun-if-changed={definition}");
     println!("cargo:rerun-if-changed=build.rs");

@@ -27,16 +27,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The variants, in table order: (binary, column title).
-const VARIANTS: [(&str, &str); 6] = [
+const VARIANTS: [(&str, &str); 8] = [
     ("system", "System"),
     ("heapprobe", "heapprobe"),
+    ("heapprobe_sampled", "heapprobe, profiler at 512 KiB"),
+    ("heapprobe_exact", "heapprobe, profiler at rate 1"),
     ("pprof_off", "pprof-alloc 0.6, pprof off"),
     ("pprof_on", "pprof-alloc 0.6, pprof on"),
     ("ddheap", "libdd-profiling-heap-allocator 1.2"),
     ("dhat", "dhat 0.3 (profiling)"),
 ];
 
-/// The workloads: (name, row title, repetitions `n`, repetitions for dhat,
+/// The workloads: (name, row title, repetitions `n`, repetitions for dhat
+/// and heapprobe at rate 1,
 /// whose every call captures a backtrace and is ~100× slower under valgrind).
 const WORKLOADS: [(&str, &str, u64, u64); 4] = [
     ("alloc_free_32b", "alloc+free 32 B (malloc path), per pair", 100_000, 2_000),
@@ -88,7 +91,7 @@ fn run() -> Result<(), String> {
     for (workload, _, n, n_dhat) in WORKLOADS.iter().filter(|w| wanted_workload(w.0)) {
         for (variant, _) in VARIANTS.iter().filter(|v| wanted_variant(v.0)) {
             let bin = binaries.get(*variant).ok_or_else(|| format!("cargo built no binary named {variant}"))?;
-            let n = if *variant == "dhat" { *n_dhat } else { *n };
+            let n = if matches!(*variant, "dhat" | "heapprobe_exact") { *n_dhat } else { *n };
             let once = instructions(&valgrind, bin, workload, n, &out_dir)?;
             let twice = instructions(&valgrind, bin, workload, 2 * n, &out_dir)?;
             let per = (twice as f64 - once as f64) / n as f64;

@@ -39,4 +39,9 @@ provider heapprobe {
 	probe local_shrink(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t); /* id, old_ptr, new_ptr, old_size, new_size, align */
 	/* heapprobe::Local instance `id`: the inner allocator failed (allocate, allocate_zeroed, grow or shrink; size of the layout asked for). */
 	probe local_failed(uint64_t, uint64_t, uint64_t); /* id, size, align */
+	/* The in-process profiler sampled an allocation (or realloc growth):
+	   weight is the bytes it stands for, size / (1 - e^(-size/rate)). */
+	probe sample(uint64_t, uint64_t, uint64_t); /* ptr, size, weight */
+	/* A block the profiler sampled was freed (or moved by realloc). */
+	probe sample_free(uint64_t); /* ptr */
 };

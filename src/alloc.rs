@@ -8,9 +8,17 @@
 //! call, calls inside a measured scope, which also fire the `*_locked`
 //! probes, re-entrant calls, threads without a slot) takes the slow path, a
 //! separate function with the same counting code.
+//!
+//! The in-process profiler (`src/profile`) has nothing on the fast path.
+//! While it is on, every registered instance is diverted ([`divert_all`]):
+//! its key stops matching any thread's fast word, so every call misses the
+//! fast path. A thread that would otherwise have taken it takes the *lean*
+//! path (`*_lean`): the fast path's counting plus the profiler's inline
+//! checks, its sampled work out of line with the thread marked busy; every
+//! other call takes the slow path, which runs the profiler's hooks.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 
 use crate::probes;
 use crate::stats::Stats;
@@ -152,12 +160,15 @@ impl<A> Heapprobe<A> {
     /// Calls that entered this wrapper while the same thread was inside the
     /// slow path of a `Heapprobe` call: a thread's first call (which claims
     /// its counter slot), or any call inside a measured scope (where the
-    /// `*_locked` probes fire). All of heapprobe's own work that calls out of
-    /// line runs there, so this is 0 unless the inner allocator allocates
+    /// `*_locked` probes fire), or inside the profiler's sampled work (stack
+    /// capture and its tables). All of heapprobe's own work that calls out
+    /// of line runs there, so this is 0 unless the inner allocator allocates
     /// through the global allocator inside a measured scope; the test suite
     /// asserts it stays 0, with a positive control.
     ///
-    /// Other calls take the fast path, which marks nothing (that would cost
+    /// Other calls take the fast path (or, while the profiler is on, the
+    /// lean path: the same counting plus the profiler's countdown and free
+    /// check), which marks nothing around the inner call (that would cost
     /// two stores and a register on every call) and calls nothing but the
     /// inner allocator: an inner allocator that re-enters there is counted
     /// exactly, but not here.
@@ -167,12 +178,19 @@ impl<A> Heapprobe<A> {
 
     /// Sends every thread's calls through the slow path while `on`, at no
     /// cost to the fast path: the key its one compare reads stops matching
-    /// any thread's fast word. For a hook that must see every call (the
-    /// sampling profiler of issue 13): place it in the slow path only.
-    #[allow(dead_code)] // the profiler's switch; not used by anything else yet
+    /// any thread's fast word. The profiler diverts every registered
+    /// instance at once with [`divert_all`]; this one is for tests.
+    #[cfg(test)]
     pub(crate) fn divert(&self, on: bool) {
-        let key = if on { self.id() | DIVERTED } else { self.id() };
-        self.key.store(key, Relaxed);
+        set_diverted(&self.key, on);
+    }
+
+    /// Whether this instance's calls are diverted off the fast path now
+    /// (the profiler is on, or was when the instance bound its first
+    /// thread). For tests of the profiler's switch; not a stable API.
+    #[doc(hidden)]
+    pub fn diverted(&self) -> bool {
+        self.key.load(SeqCst) & DIVERTED != 0
     }
 
     /// How much memory this instance has mapped for counter slots: the
@@ -235,8 +253,11 @@ impl<A> Heapprobe<A> {
         let _ = key;
         state.instance.set(self.id());
         state.slot.set(slot);
-        // The first bound thread switches the fast path on (unless diverted).
-        let _ = self.key.compare_exchange(0, self.id(), Relaxed, Relaxed);
+        // The first bound thread switches the fast path on, diverted while
+        // the profiler is on.
+        if self.key.load(Relaxed) & !DIVERTED == 0 {
+            self.enable_fast_path();
+        }
         // `HEAPPROBE_SUMMARY=1`: the first instance to bind a thread (the
         // `#[global_allocator]`, which std's runtime uses before `main`)
         // prints the heap summary at exit. One relaxed load once the
@@ -248,6 +269,32 @@ impl<A> Heapprobe<A> {
             crate::summary::arm_from_env(self)
         };
         Some(slot)
+    }
+
+    /// Registers the instance for [`divert_all`] and sets its key to its
+    /// address, with [`DIVERTED`] set while the profiler is on. An instance
+    /// that cannot be registered (the registry is full) keeps a key of 0:
+    /// every call takes the slow path, where the profiler sees it.
+    ///
+    /// Race-free with [`divert_all`]: the instance is registered before its
+    /// key is set, so a change of the switch after the key is set reaches
+    /// it; a change between reading the switch and setting the key is seen
+    /// by the second read, which sets it again.
+    #[cold]
+    #[inline(never)]
+    fn enable_fast_path(&self) {
+        // SAFETY: a `Heapprobe` that binds threads is never dropped while
+        // registered: `Drop` unregisters it (and a `static` never drops).
+        if !unsafe { register(&self.key) } {
+            return;
+        }
+        loop {
+            let on = DIVERT_ALL.load(SeqCst);
+            self.key.swap(if on { self.id() | DIVERTED } else { self.id() }, SeqCst);
+            if DIVERT_ALL.load(SeqCst) == on {
+                return;
+            }
+        }
     }
 
     /// The pthread key that releases slots at thread exit, created once.
@@ -286,6 +333,17 @@ impl<A> Heapprobe<A> {
         // SAFETY: `current` returns this thread's live thread-local.
         let state = unsafe { &*thread::current()? };
         (state.fast.get() == self.key.load(Relaxed)).then_some(state)
+    }
+
+    /// The calling thread's state, if it may take this instance's lean path:
+    /// the instance is diverted (the profiler is on) and the thread would
+    /// otherwise take its fast path (bound to it, no measured scope open,
+    /// not inside an allocator call).
+    #[inline(always)]
+    fn lean_state(&self) -> Option<&ThreadState> {
+        // SAFETY: `current` returns this thread's live thread-local.
+        let state = unsafe { &*thread::current()? };
+        (state.fast.get() | DIVERTED == self.key.load(Relaxed)).then_some(state)
     }
 
     /// Enters the slow path: marks the thread busy (unless the call is
@@ -497,8 +555,185 @@ impl<A> Heapprobe<A> {
     }
 }
 
+/// Runs the profiler's sampled work `f` for a lean-path call, with the
+/// thread marked inside an allocator call: an allocation `f` made would be
+/// re-entrant, and counted by [`Heapprobe::reentrant_calls`].
+#[cold]
+#[inline(never)]
+fn profiler_busy(state: &ThreadState, f: impl FnOnce()) {
+    let fast = state.fast.get();
+    state.fast.set(fast | BUSY);
+    f();
+    state.fast.set(fast);
+}
+
 impl<A: GlobalAlloc> Heapprobe<A> {
-    /// `alloc` or `alloc_zeroed` off the fast path.
+    /// `alloc` or `alloc_zeroed` off the fast path: the lean path if the
+    /// thread qualifies ([`lean_state`](Self::lean_state)), else the slow
+    /// path. The lean path is the fast path's counting plus the profiler's
+    /// countdown, in a function of its own so that its frame stays as small
+    /// as the fast path's; a sampled call continues in a cold function
+    /// (a tail call: nothing is kept across it).
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_lean(layout: Layout, zeroed: bool, this: &Self) -> *mut u8 {
+        if zeroed {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::alloc_zeroed_lean(layout, this) };
+        }
+        let Some(state) = this.lean_state() else {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::alloc_slow(layout, false, this) };
+        };
+        // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
+        let ptr = unsafe { this.inner.alloc(layout) };
+        if crate::profile::hooks::alloc_due(layout.size()) {
+            return Self::alloc_sampled(ptr, layout, this, state);
+        }
+        // SAFETY: the fast word matched this instance (`lean_state`), so
+        // `slot` is the thread's live slot in it.
+        let slot = unsafe { &*state.slot.get() };
+        this.count_alloc(Some(slot), false, ptr, layout)
+    }
+
+    /// [`alloc_lean`](Self::alloc_lean) for `alloc_zeroed` (apart, so that
+    /// `alloc`'s lean path needs no more registers than its fast path).
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_zeroed_lean(layout: Layout, this: &Self) -> *mut u8 {
+        let Some(state) = this.lean_state() else {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::alloc_slow(layout, true, this) };
+        };
+        // SAFETY: forwarded with the caller's layout, which meets `alloc_zeroed`'s contract.
+        let ptr = unsafe { this.inner.alloc_zeroed(layout) };
+        if crate::profile::hooks::alloc_due(layout.size()) {
+            return Self::alloc_sampled(ptr, layout, this, state);
+        }
+        // SAFETY: as in `alloc_lean`.
+        let slot = unsafe { &*state.slot.get() };
+        this.count_alloc(Some(slot), false, ptr, layout)
+    }
+
+    /// The rest of a lean-path allocation whose countdown ran out: the
+    /// profiler's sampled work, then the counting.
+    #[cold]
+    #[inline(never)]
+    fn alloc_sampled(ptr: *mut u8, layout: Layout, this: &Self, state: &ThreadState) -> *mut u8 {
+        profiler_busy(state, || crate::profile::hooks::sampled_alloc_entry(this, ptr, layout.size()));
+        // SAFETY: as in `alloc_lean`.
+        let slot = unsafe { &*state.slot.get() };
+        this.count_alloc(Some(slot), false, ptr, layout)
+    }
+
+    /// `dealloc` off the fast path: the lean path (the fast path's
+    /// counting, after one check of the profiler's free filter) or the slow
+    /// path.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_lean(ptr: *mut u8, layout: Layout, this: &Self) {
+        let Some(state) = this.lean_state() else {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::dealloc_slow(ptr, layout, this) };
+        };
+        if crate::profile::hooks::free_due(ptr) {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::dealloc_sampled(ptr, layout, this, state) };
+        }
+        // SAFETY: as in `alloc_lean`.
+        let slot = unsafe { &*state.slot.get() };
+        if this.count_dealloc(Some(slot), false, ptr, layout) {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::publish_and_dealloc(ptr, layout, slot, this) };
+        }
+        // SAFETY: the caller guarantees `ptr` came from this allocator (and so
+        // from `inner`) with `layout`.
+        unsafe { this.inner.dealloc(ptr, layout) }
+    }
+
+    /// A lean-path `dealloc` of a block the profiler may track: it leaves
+    /// the profiler's tables before the inner allocator can reuse it.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_sampled(ptr: *mut u8, layout: Layout, this: &Self, state: &ThreadState) {
+        profiler_busy(state, || crate::profile::hooks::freed(ptr as usize));
+        // SAFETY: as in `alloc_lean`.
+        let slot = unsafe { &*state.slot.get() };
+        if this.count_dealloc(Some(slot), false, ptr, layout) {
+            this.publish(slot);
+        }
+        // SAFETY: the caller guarantees `ptr` came from this allocator (and so
+        // from `inner`) with `layout`.
+        unsafe { this.inner.dealloc(ptr, layout) }
+    }
+
+    /// `realloc` off the fast path: the lean path (the fast path's counting
+    /// and the profiler's two checks) or the slow path.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_lean(ptr: *mut u8, layout: Layout, new_size: usize, this: &Self) -> *mut u8 {
+        let Some(state) = this.lean_state() else {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::realloc_slow(ptr, layout, new_size, this) };
+        };
+        if crate::profile::hooks::free_due(ptr) {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::realloc_sampled(ptr, layout, new_size, this, state) };
+        }
+        // SAFETY: the caller guarantees `realloc`'s contract for `ptr`,
+        // `layout` and `new_size`; we forward them unchanged.
+        let new_ptr = unsafe { this.inner.realloc(ptr, layout, new_size) };
+        if crate::profile::hooks::realloc_due(layout.size(), new_size) {
+            return Self::realloc_sampled_after(ptr, new_ptr, layout, new_size, this);
+        }
+        // SAFETY: as in `alloc_lean`.
+        let slot = unsafe { &*state.slot.get() };
+        this.count_realloc(Some(slot), false, ptr, new_ptr, layout, new_size)
+    }
+
+    /// A lean-path `realloc` of a block the profiler may track: the block
+    /// leaves the profiler's tables before the inner call, and the second
+    /// half runs after it, null included.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_sampled(
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        this: &Self,
+        state: &ThreadState,
+    ) -> *mut u8 {
+        profiler_busy(state, || crate::profile::hooks::detach(ptr as usize));
+        // SAFETY: the caller guarantees `realloc`'s contract for `ptr`,
+        // `layout` and `new_size`; we forward them unchanged.
+        let new_ptr = unsafe { this.inner.realloc(ptr, layout, new_size) };
+        if crate::profile::hooks::realloc_due(layout.size(), new_size) {
+            return Self::realloc_sampled_after(ptr, new_ptr, layout, new_size, this);
+        }
+        // SAFETY: as in `alloc_lean`.
+        let slot = unsafe { &*state.slot.get() };
+        this.count_realloc(Some(slot), false, ptr, new_ptr, layout, new_size)
+    }
+
+    /// The rest of a lean-path `realloc` that the profiler samples or
+    /// re-lists (its block was tracked): the sampled work, then the counting.
+    #[cold]
+    #[inline(never)]
+    fn realloc_sampled_after(ptr: *mut u8, new_ptr: *mut u8, layout: Layout, new_size: usize, this: &Self) -> *mut u8 {
+        // The thread qualified for the lean path when the call began, and
+        // nothing since changed its fast word.
+        let Some(state) = thread::current() else { return new_ptr };
+        // SAFETY: `current` returns this thread's live thread-local.
+        let state = unsafe { &*state };
+        profiler_busy(state, || {
+            crate::profile::hooks::sampled_realloc_entry(this, ptr, new_ptr, layout.size(), new_size)
+        });
+        // SAFETY: as in `alloc_lean`.
+        let slot = unsafe { &*state.slot.get() };
+        this.count_realloc(Some(slot), false, ptr, new_ptr, layout, new_size)
+    }
+
+    /// `alloc` or `alloc_zeroed` on the slow path.
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(layout: Layout, zeroed: bool, this: &Self) -> *mut u8 {
@@ -512,16 +747,26 @@ impl<A: GlobalAlloc> Heapprobe<A> {
                 this.inner.alloc(layout)
             }
         };
+        // The profiler's hook (src/profile), null included.
+        if crate::profile::active() {
+            crate::profile::hooks::on_alloc(this, ptr, layout.size());
+        }
         let ptr = this.count_alloc(slow.slot, slow.in_scope(), ptr, layout);
         this.leave_slow(&slow);
         ptr
     }
 
-    /// `dealloc` off the fast path.
+    /// `dealloc` on the slow path.
     #[cold]
     #[inline(never)]
     unsafe fn dealloc_slow(ptr: *mut u8, layout: Layout, this: &Self) {
         let slow = this.enter_slow();
+        // The profiler's hook (src/profile), before the block can be reused:
+        // a sampled block leaves its tables before another thread can be
+        // handed its address.
+        if crate::profile::active() {
+            crate::profile::hooks::on_dealloc(ptr);
+        }
         if this.count_dealloc(slow.slot, slow.in_scope(), ptr, layout) {
             if let Some(slot) = slow.slot {
                 this.publish(slot);
@@ -542,18 +787,115 @@ impl<A: GlobalAlloc> Heapprobe<A> {
         unsafe { this.inner.dealloc(ptr, layout) }
     }
 
-    /// `realloc` off the fast path.
+    /// `realloc` on the slow path.
     #[cold]
     #[inline(never)]
     unsafe fn realloc_slow(ptr: *mut u8, layout: Layout, new_size: usize, this: &Self) -> *mut u8 {
         let slow = this.enter_slow();
+        // The profiler's hooks (src/profile): the old block leaves its
+        // tables before it can be reused, and the second half runs after,
+        // null included.
+        let profiling = crate::profile::active();
+        if profiling {
+            crate::profile::hooks::on_realloc_start(ptr);
+        }
         // SAFETY: the caller guarantees `realloc`'s contract for `ptr`,
         // `layout` and `new_size`; we forward them unchanged.
         let new_ptr = unsafe { this.inner.realloc(ptr, layout, new_size) };
+        if profiling {
+            crate::profile::hooks::on_realloc(this, ptr, new_ptr, layout.size(), new_size);
+        }
         let new_ptr = this.count_realloc(slow.slot, slow.in_scope(), ptr, new_ptr, layout, new_size);
         this.leave_slow(&slow);
         new_ptr
     }
+}
+
+impl<A> Drop for Heapprobe<A> {
+    /// Leaves the profiler's registry (a `static` never drops).
+    fn drop(&mut self) {
+        unregister(&self.key);
+    }
+}
+
+/// How many instances [`divert_all`] can reach. Others never take the fast
+/// path (their key stays 0), so the profiler still sees all their calls.
+const REGISTRY: usize = 64;
+
+/// The keys of the instances that took the fast path, for [`divert_all`].
+static KEYS: [AtomicPtr<AtomicUsize>; REGISTRY] = [const { AtomicPtr::new(core::ptr::null_mut()) }; REGISTRY];
+/// Whether every registered instance is diverted (written under [`SWITCH`]).
+static DIVERT_ALL: AtomicBool = AtomicBool::new(false);
+/// Serialises [`divert_all`] and [`unregister`]. Never taken on the
+/// allocator path: the threads that hold it are switching the profiler on
+/// or off (outside any allocator call), and allocate nothing while they do.
+static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn set_diverted(key: &AtomicUsize, on: bool) {
+    if on {
+        key.fetch_or(DIVERTED, SeqCst);
+    } else {
+        key.fetch_and(!DIVERTED, SeqCst);
+    }
+}
+
+/// Runs `change` (which returns whether the profiler is now on) and diverts
+/// or restores every registered `Heapprobe` to match, as one step: calls
+/// are serialised, so the last one decides, and an instance that registers
+/// meanwhile reads the switch after registering ([`Heapprobe::enable_fast_path`]).
+pub(crate) fn divert_all(change: impl FnOnce() -> bool) {
+    let _switch = SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let on = change();
+    if DIVERT_ALL.load(SeqCst) == on {
+        return;
+    }
+    DIVERT_ALL.store(on, SeqCst);
+    for entry in &KEYS {
+        let key = entry.load(SeqCst);
+        if !key.is_null() {
+            // SAFETY: registered keys belong to live instances: `Drop`
+            // unregisters under `SWITCH`, which this thread holds.
+            set_diverted(unsafe { &*key }, on);
+        }
+    }
+}
+
+/// Whether every registered instance is diverted now.
+#[allow(dead_code)] // used by tests of the profiler's switch
+pub(crate) fn diverting() -> bool {
+    DIVERT_ALL.load(SeqCst)
+}
+
+/// Adds `key` to the registry (once); false if the registry is full.
+/// Lock-free: it runs on the allocator path (a thread's first call).
+///
+/// # Safety
+/// `key` must stay valid until [`unregister`] removes it.
+unsafe fn register(key: &AtomicUsize) -> bool {
+    let ptr = key as *const AtomicUsize as *mut AtomicUsize;
+    if KEYS.iter().any(|entry| entry.load(SeqCst) == ptr) {
+        return true;
+    }
+    // Two threads binding the instance's first threads at once may both
+    // add it: one key listed twice is diverted twice, harmlessly.
+    KEYS.iter().any(|entry| entry.compare_exchange(core::ptr::null_mut(), ptr, SeqCst, SeqCst).is_ok())
+}
+
+fn unregister(key: &AtomicUsize) {
+    let ptr = key as *const AtomicUsize as *mut AtomicUsize;
+    if !KEYS.iter().any(|entry| entry.load(SeqCst) == ptr) {
+        return;
+    }
+    let _switch = SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for entry in &KEYS {
+        let _ = entry.compare_exchange(ptr, core::ptr::null_mut(), SeqCst, SeqCst);
+    }
+}
+
+/// The instances in the registry (for tests).
+#[allow(dead_code)]
+pub(crate) fn registered() -> usize {
+    KEYS.iter().filter(|entry| !entry.load(SeqCst).is_null()).count()
 }
 
 /// One slow-path call's view of its thread.
@@ -580,7 +922,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(state) = self.fast_state() else {
             // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::alloc_slow(layout, false, self) };
+            return unsafe { Self::alloc_lean(layout, false, self) };
         };
         // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
         let ptr = unsafe { self.inner.alloc(layout) };
@@ -594,7 +936,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let Some(state) = self.fast_state() else {
             // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::alloc_slow(layout, true, self) };
+            return unsafe { Self::alloc_lean(layout, true, self) };
         };
         // SAFETY: forwarded with the caller's layout, which meets `alloc_zeroed`'s contract.
         let ptr = unsafe { self.inner.alloc_zeroed(layout) };
@@ -608,7 +950,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
         // Bookkeeping first, so that the call to `inner` is a tail call.
         let Some(state) = self.fast_state() else {
             // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::dealloc_slow(ptr, layout, self) };
+            return unsafe { Self::dealloc_lean(ptr, layout, self) };
         };
         // SAFETY: as in `alloc`.
         let slot = unsafe { &*state.slot.get() };
@@ -625,7 +967,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let Some(state) = self.fast_state() else {
             // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::realloc_slow(ptr, layout, new_size, self) };
+            return unsafe { Self::realloc_lean(ptr, layout, new_size, self) };
         };
         // SAFETY: the caller guarantees `realloc`'s contract for `ptr`,
         // `layout` and `new_size`; we forward them unchanged.
@@ -694,7 +1036,7 @@ mod tests {
     static PROBE: Heapprobe<Reentering> = Heapprobe::new(Reentering);
 
     #[test]
-    fn divert_sends_calls_through_the_slow_path_and_counts_them_the_same() {
+    fn divert_sends_calls_off_the_fast_path_and_counts_them_the_same() {
         std::thread::spawn(|| {
             let l = Layout::from_size_align(48, 8).unwrap();
             let pair = || {
@@ -708,14 +1050,48 @@ mod tests {
             pair(); // fast path: the re-entrant pair is counted, not flagged
             assert_eq!(PROBE.reentrant_calls(), 2);
             PROBE.divert(true);
-            pair(); // diverted: slow path, flagged
+            assert!(PROBE.diverted());
+            // Diverted, on the lean path (the fast path's counting plus the
+            // profiler's checks): like the fast path, counted, not flagged.
+            pair();
+            assert_eq!(PROBE.reentrant_calls(), 2);
+            // Diverted inside a measured scope: the slow path, flagged.
+            let ((), scoped) = PROBE.measure(pair);
             assert_eq!(PROBE.reentrant_calls(), 4);
+            assert_eq!((scoped.allocations, scoped.deallocations, scoped.bytes_allocated), (2, 2, 48 + 8));
             PROBE.divert(false);
+            assert!(!PROBE.diverted());
             pair(); // fast again
             assert_eq!(PROBE.reentrant_calls(), 4);
             let d = PROBE.thread_stats() - before;
-            assert_eq!((d.allocations, d.deallocations, d.bytes_allocated), (6, 6, 3 * (48 + 8)));
+            assert_eq!((d.allocations, d.deallocations, d.bytes_allocated), (8, 8, 4 * (48 + 8)));
             assert_eq!((d.current, PROBE.thread_stats().peak - before.peak), (0, 0));
+        })
+        .join()
+        .unwrap();
+    }
+
+    static MARKED: Heapprobe<System> = Heapprobe::new(System);
+
+    /// The lean path runs the profiler's sampled work with the thread marked
+    /// inside an allocator call: an allocation made there is re-entrant and
+    /// counted as such (positive control: the same call unmarked is not).
+    #[test]
+    fn profiler_busy_marks_the_thread() {
+        std::thread::spawn(|| {
+            let l = Layout::from_size_align(24, 8).unwrap();
+            // SAFETY: a valid layout, freed with the same layout.
+            let pair = || unsafe { MARKED.dealloc(MARKED.alloc(l), l) };
+            pair(); // binds this thread
+            let (state, _) = MARKED.own_slot("test");
+            pair();
+            assert_eq!(MARKED.reentrant_calls(), 0);
+            profiler_busy(state, pair);
+            assert_eq!(MARKED.reentrant_calls(), 2);
+            assert_eq!(state.fast.get(), MARKED.id(), "the fast word is restored");
+            pair();
+            assert_eq!(MARKED.reentrant_calls(), 2);
+            assert_eq!(MARKED.thread_stats().allocations, 4);
         })
         .join()
         .unwrap();

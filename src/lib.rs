@@ -95,6 +95,23 @@
 //! own calls and a realloc as an alloc plus a free (the README explains the
 //! difference). The repository's `cargo xtask test` runs the library's test
 //! binaries under valgrind's memcheck and LeakSanitizer.
+//! # Profiling without root
+//!
+//! [`profile`]: an in-process sampling heap profiler. Off by default (and
+//! then it costs the allocator nothing); started from code
+//! ([`Heapprobe::start_profiler`]) or from the environment
+//! (`HEAPPROBE_PROFILE=rate=524288,out=/tmp/heap`), it samples a thread's
+//! allocations every 512 KiB on average (exponential gaps; `rate = 1`
+//! records everything), un-biases each sample on its own, captures stacks
+//! by frame pointers or `.eh_frame` (feature `profile`), and gives
+//! allocated, in-use and peak views per stack and thread as folded stacks,
+//! an SVG flame graph (feature `profile`), gzipped pprof (feature `pprof`)
+//! or JSON. Every summary puts the estimate beside the exact counters.
+//! [`Heapprobe::profile`] records one scope exactly, and with the `profile`
+//! feature a failing allocation assertion writes its scope's flame graph to
+//! `target/heapprobe/<test>.svg`. Sampled calls fire `heapprobe:sample` and
+//! `heapprobe:sample_free` (and, feature `otel`, `otel_memory:alloc` /
+//! `otel_memory:free`).
 //!
 //! # Probes
 //!
@@ -148,6 +165,7 @@ mod histogram;
 #[cfg(any(feature = "allocator-api2", feature = "allocator-api2-03", feature = "allocator-api2-04"))]
 mod local;
 pub mod probes;
+pub mod profile;
 mod scope;
 mod stats;
 mod summary;

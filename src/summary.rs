@@ -5,7 +5,10 @@
 //! glibc runs both when `main` returns and on `std::process::exit` (not on
 //! `_exit`, `abort` or a fatal signal). The handler reads the counters, then
 //! formats into a buffer on its own stack and `write`s it to stderr: nothing
-//! after the read allocates, through the wrapper or otherwise.
+//! after the read allocates, through the wrapper or otherwise. With the
+//! in-process profiler started, the top live stacks follow the figures
+//! (`LIVE_STACKS`); reading the profile and naming its frames allocates,
+//! after the figures were read and written.
 
 use core::fmt::{self, Write as _};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering::*};
@@ -151,8 +154,9 @@ impl<A: Sync + 'static> Heapprobe<A> {
     /// was, or if `atexit` failed. The counters are read inside the handler,
     /// after the exiting thread's thread-local destructors ran and before
     /// libc's own teardown; formatting and printing allocate nothing. With
-    /// the in-process profiler on, the top stacks of what is still live
-    /// follow the figures.
+    /// the in-process profiler started (from code or `HEAPPROBE_PROFILE`),
+    /// the top stacks of what is still live follow the figures (which were
+    /// read and written first: naming the frames allocates).
     pub fn summary_at_exit(&'static self) -> bool {
         // SAFETY: `self` is `'static`.
         unsafe { arm(self) }
@@ -168,13 +172,14 @@ static ARMED: AtomicU8 = AtomicU8::new(0);
 static ENV_WANTS: AtomicU8 = AtomicU8::new(0);
 
 /// Where the in-process profiler plugs in: a function that writes the top
-/// stacks of the blocks still live, without allocating. Set by the profiler
-/// when it is on (not merged yet: issue 13); nothing is printed while unset.
-#[allow(dead_code)] // set by the profiler, once merged
+/// stacks of the blocks still live. Set when the global profiler starts
+/// (`crate::profile::register_live_stacks`); nothing is printed while
+/// unset. It runs after the figures were read and formatted, so what it
+/// allocates (a copy of the profiler's tables, symbol names) does not
+/// change them.
 pub(crate) static LIVE_STACKS: AtomicUsize = AtomicUsize::new(0);
 
 /// The signature of [`LIVE_STACKS`].
-#[allow(dead_code)]
 pub(crate) type LiveStacks = fn(&mut dyn fmt::Write) -> fmt::Result;
 
 fn read<A>(instance: *const ()) -> Stats {
@@ -301,6 +306,8 @@ extern "C" fn at_exit() {
     let _ = write!(out, "{summary}");
     let live = LIVE_STACKS.load(Acquire);
     if live != 0 {
+        // The figures go out first, as they were.
+        out.flush();
         // SAFETY: `LIVE_STACKS` holds a `LiveStacks` stored by the profiler.
         let live: LiveStacks = unsafe { core::mem::transmute(live) };
         let _ = live(&mut out);

@@ -13,6 +13,7 @@ use std::thread::Thread;
 
 use crate::alloc::Heapprobe;
 use crate::histogram::Histogram;
+use crate::profile::Recording;
 use crate::stats::Stats;
 
 mod sealed {
@@ -240,8 +241,8 @@ impl<'a, A> Expect<'a, A> {
     #[track_caller]
     pub fn check<R>(self, f: impl FnOnce() -> R) -> R {
         let location = Location::caller();
-        let (result, stats) = self.alloc.measure(f);
-        self.verdict("expect(..).check", &stats, location, &std::thread::current());
+        let (result, stats, recording) = self.alloc.measure_recorded(f);
+        self.verdict("expect(..).check", &stats, location, &std::thread::current(), Some(recording));
         result
     }
 
@@ -259,7 +260,7 @@ impl<'a, A> Expect<'a, A> {
         let thread = std::thread::current();
         async move {
             let (output, stats) = self.alloc.measure_future(fut).await;
-            self.verdict("expect(..).check_future", &stats, location, &thread);
+            self.verdict("expect(..).check_future", &stats, location, &thread, None);
             output
         }
     }
@@ -286,12 +287,19 @@ impl<'a, A> Expect<'a, A> {
     }
 
     #[track_caller]
-    fn verdict(&self, api: &str, stats: &Stats, location: &Location<'_>, thread: &Thread) {
+    fn verdict(
+        &self,
+        api: &str,
+        stats: &Stats,
+        location: &Location<'_>,
+        thread: &Thread,
+        recording: Option<Recording>,
+    ) {
         let holds = self.limits.iter().flatten().all(|l| l.op.holds((l.get)(stats), l.value as u128))
             && (!self.no_calls || allocator_calls(stats) == 0)
             && (!self.no_leaks || leak_checks(stats).iter().all(|c| c.ok));
         if !holds {
-            fail(api, stats, &self.checks(stats), "", location, thread);
+            fail(api, stats, &self.checks(stats), "", location, thread, recording);
         }
     }
 }
@@ -390,7 +398,7 @@ fn leak_checks(s: &Stats) -> [Check; 2] {
 #[track_caller]
 pub fn deny_allocations<M: Instrumented + ?Sized, R>(alloc: &M, f: impl FnOnce() -> R) -> R {
     let location = Location::caller();
-    let (result, stats) = alloc.heapprobe().measure(f);
+    let (result, stats, recording) = alloc.heapprobe().measure_recorded(f);
     let calls = allocator_calls(&stats);
     if calls != 0 {
         let notes = format!(
@@ -412,7 +420,7 @@ pub fn deny_allocations<M: Instrumented + ?Sized, R>(alloc: &M, f: impl FnOnce()
             Sizes(&stats.size_histogram),
         );
         let checks = [Check { what: Label::Text("allocator_calls == 0"), measured: calls as i128, ok: false }];
-        fail("deny_allocations", &stats, &checks, &notes, location, &std::thread::current());
+        fail("deny_allocations", &stats, &checks, &notes, location, &std::thread::current(), Some(recording));
     }
     result
 }
@@ -443,10 +451,10 @@ pub fn deny_allocations<M: Instrumented + ?Sized, R>(alloc: &M, f: impl FnOnce()
 #[track_caller]
 pub fn assert_no_leaks<M: Instrumented + ?Sized, R>(alloc: &M, f: impl FnOnce() -> R) -> R {
     let location = Location::caller();
-    let (result, stats) = alloc.heapprobe().measure(f);
+    let (result, stats, recording) = alloc.heapprobe().measure_recorded(f);
     let checks = leak_checks(&stats);
     if checks.iter().any(|c| !c.ok) {
-        fail("assert_no_leaks", &stats, &checks, "", location, &std::thread::current());
+        fail("assert_no_leaks", &stats, &checks, "", location, &std::thread::current(), Some(recording));
     }
     result
 }
@@ -474,6 +482,16 @@ enum Label {
     Limit(&'static str, Op, usize),
 }
 
+impl Label {
+    /// Whether the check is about what the scope left allocated.
+    fn is_about_leaks(&self) -> bool {
+        match self {
+            Label::Text(text) => text.contains("remaining") || text.starts_with("current"),
+            Label::Limit(counter, _, _) => *counter == "current",
+        }
+    }
+}
+
 impl fmt::Display for Label {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -495,7 +513,15 @@ pub struct Check {
 /// scope allocated. `#[track_caller]`, so that the harness's "panicked at"
 /// line names the test's line too (except after a future, polled elsewhere).
 #[track_caller]
-fn fail(api: &str, stats: &Stats, checks: &[Check], notes: &str, location: &Location<'_>, thread: &Thread) -> ! {
+fn fail(
+    api: &str,
+    stats: &Stats,
+    checks: &[Check],
+    notes: &str,
+    location: &Location<'_>,
+    thread: &Thread,
+    recording: Option<Recording>,
+) -> ! {
     use fmt::Write;
     let mut report = format!("heapprobe: {api} failed at {location}\n");
     for check in checks {
@@ -506,6 +532,10 @@ fn fail(api: &str, stats: &Stats, checks: &[Check], notes: &str, location: &Loca
     let _ = writeln!(report, "measured Stats of the scope:");
     for line in stats.to_string().lines() {
         let _ = writeln!(report, "  {line}");
+    }
+    if let Some(recording) = recording {
+        let leaks = checks.iter().any(|c| !c.ok && c.what.is_about_leaks());
+        report.push_str(&recording.write_for_failure(&test_name(thread), stats, location, leaks));
     }
     let _ = writeln!(report, "to see where the scope allocated (a flame graph of its allocations):");
     let _ = write!(report, "  {}", trace_command(thread));
@@ -544,10 +574,11 @@ fn test_name(thread: &Thread) -> String {
 /// Support for [`assert_allocations!`](crate::assert_allocations); not a stable API.
 pub mod __private {
     use super::*;
+    pub use crate::profile::Recording;
 
-    /// Measures `f` on `alloc`.
-    pub fn measure<M: Instrumented + ?Sized, R>(alloc: &M, f: impl FnOnce() -> R) -> (R, Stats) {
-        alloc.heapprobe().measure(f)
+    /// Measures `f` on `alloc`, recording the scope's stacks (see [`Recording`]).
+    pub fn measure<M: Instrumented + ?Sized, R>(alloc: &M, f: impl FnOnce() -> R) -> (R, Stats, Recording) {
+        alloc.heapprobe().measure_recorded(f)
     }
 
     /// One `field op value` of the macro: its text, the measured value and
@@ -558,9 +589,17 @@ pub mod __private {
 
     /// Panics with the report if any check failed.
     #[track_caller]
-    pub fn verdict(stats: &Stats, checks: &[Check]) {
+    pub fn verdict(stats: &Stats, checks: &[Check], recording: Recording) {
         if checks.iter().any(|c| !c.ok) {
-            fail("assert_allocations!", stats, checks, "", Location::caller(), &std::thread::current());
+            fail(
+                "assert_allocations!",
+                stats,
+                checks,
+                "",
+                Location::caller(),
+                &std::thread::current(),
+                Some(recording),
+            );
         }
     }
 }
@@ -591,7 +630,7 @@ pub mod __private {
 #[macro_export]
 macro_rules! assert_allocations {
     ($alloc:expr, $body:block $(, $field:ident $op:tt $value:expr)+ $(,)?) => {{
-        let (result, stats) = $crate::__private::measure(&$alloc, || $body);
+        let (result, stats, recording) = $crate::__private::measure(&$alloc, || $body);
         let checks = [$(
             $crate::__private::check(
                 concat!(stringify!($field), " ", stringify!($op), " ", stringify!($value)),
@@ -599,7 +638,7 @@ macro_rules! assert_allocations {
                 (stats.$field) $op ($value),
             )
         ),+];
-        $crate::__private::verdict(&stats, &checks);
+        $crate::__private::verdict(&stats, &checks, recording);
         result
     }};
 }

@@ -3,8 +3,10 @@
 //! `Heapprobe::reentrant_calls` counts calls that arrive while the same
 //! thread is inside the wrapper's slow path: a thread's first call (which
 //! claims a slot: `mmap`, pthread key), every call inside a measured scope,
-//! and calls diverted for the profiler. All of heapprobe's code that calls
-//! out of line runs there; the fast path (anything else) calls nothing but
+//! and the profiler's sampled work (tests/profile_reentrancy.rs). All of
+//! heapprobe's code that calls out of line runs there (or, for the profiler's
+//! sampled work on the lean path, runs marked the same way); the fast path (and,
+//! while the profiler runs, the lean path) calls nothing else but
 //! the inner allocator and out-of-line counting functions (publications,
 //! new highs, failures), which the slow path runs too. So the workload below
 //! runs every such function inside measured scopes, and the count must stay

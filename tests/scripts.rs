@@ -402,7 +402,7 @@ fn every_script_passes_the_bpftrace_dry_run_and_a_broken_one_does_not() {
         .filter(|p| p.extension().is_some_and(|e| e == "bt"))
         .collect();
     scripts.sort();
-    assert_eq!(scripts.len(), 6, "{scripts:?}");
+    assert_eq!(scripts.len(), 7, "{scripts:?}");
     // Newer bpftrace warns on `delete()` statements (0.17 accepts delete()
     // only as a statement), and on optional arguments left out (they read
     // as 0, the scripts' default). Nothing else may warn.

@@ -34,7 +34,9 @@ fn the_definition_declares_the_documented_provider() {
             "local_dealloc",
             "local_grow",
             "local_shrink",
-            "local_failed"
+            "local_failed",
+            "sample",
+            "sample_free"
         ]
     );
     let d = fs::read_to_string(root().join("probes/heapprobe.d")).unwrap();

@@ -7,6 +7,7 @@
 //! | `prometheus` | `Collector` for an existing `prometheus-client` registry (one line), `openmetrics_text`, `prometheus_text` |
 //! | `json` | `stats_json` |
 //! | `server` | `heapprobe::serve`, `serve_with`, `Endpoints`, the `Profiler` plug-in |
+//! | `server` + `pprof` | `HeapProfiler`: the in-process profiler behind the profile routes, attached by `serve` |
 //!
 //! # Metric names
 //!
@@ -54,6 +55,8 @@
 mod endpoints;
 #[cfg(feature = "json")]
 mod json;
+#[cfg(all(feature = "server", feature = "pprof"))]
+mod profiler;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 #[cfg(feature = "server")]
@@ -63,6 +66,8 @@ mod server;
 pub use self::endpoints::{Endpoints, Pprof, Profiler, Reply, Response};
 #[cfg(feature = "json")]
 pub use self::json::stats_json;
+#[cfg(all(feature = "server", feature = "pprof"))]
+pub use self::profiler::{HeapProfiler, LIVE_LIMIT};
 #[cfg(feature = "prometheus")]
 pub use self::prometheus::{
     openmetrics_text, prometheus_text, Collector, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, SIZE_BUCKETS,

@@ -54,8 +54,16 @@ pub struct Options {
     /// The longest delta profile (`?seconds=N`) answered. Default is 60.
     pub max_profile_seconds: u64,
     /// Serves `/debug/pprof/*`, `/debug/heap/live` and `/profiler/*`.
-    /// Default is `None`: those routes answer `501`.
+    /// Default is `None`: with the `pprof` feature, [`serve`] and
+    /// [`serve_with`] attach the in-process profiler over the instance they
+    /// serve (`HeapProfiler::new(probe)`, unless
+    /// [`default_profiler`](Self::default_profiler) is false); without it,
+    /// or with none attached, those routes answer `501`.
     pub profiler: Option<Arc<dyn Profiler>>,
+    /// Whether [`serve`] and [`serve_with`] attach the in-process profiler
+    /// (`HeapProfiler`, feature `pprof`) when [`profiler`](Self::profiler)
+    /// is `None`. Default is `true`.
+    pub default_profiler: bool,
 }
 
 impl Default for Options {
@@ -68,6 +76,7 @@ impl Default for Options {
             max_header_bytes: 16 * 1024,
             max_profile_seconds: 60,
             profiler: None,
+            default_profiler: true,
         }
     }
 }
@@ -82,6 +91,7 @@ impl fmt::Debug for Options {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_profile_seconds", &self.max_profile_seconds)
             .field("profiler", &self.profiler.as_ref().map(|_| "attached"))
+            .field("default_profiler", &self.default_profiler)
             .finish()
     }
 }
@@ -139,14 +149,17 @@ impl fmt::Debug for Server {
 /// }
 /// ```
 ///
-/// The routes are [`Endpoints`]'. What the server allocates to answer
+/// The routes are [`Endpoints`]'. With the `pprof` feature the in-process
+/// profiler serves the profile routes (`HeapProfiler`): `curl -X POST
+/// 127.0.0.1:6060/profiler/start`, then `go tool pprof
+/// http://127.0.0.1:6060/debug/pprof/heap`. What the server allocates to answer
 /// requests (its runtime, connections, rendering) is counted like every
 /// allocation, and also shown apart as the endpoint's own overhead:
 /// `heapprobe_endpoint_*` in `/metrics`, `"endpoint"` in `/stats`.
 pub fn serve<A: Sync>(probe: &'static Heapprobe<A>, address: impl ToSocketAddrs) -> io::Result<Server> {
     let addresses: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
     let listener = bind(&addresses)?;
-    start(probe, listener, Options::default())
+    start(probe, listener, with_default_profiler(probe, Options::default()))
 }
 
 /// [`serve`] with every option: [`Options::default()`] listens on
@@ -165,7 +178,20 @@ pub fn serve<A: Sync>(probe: &'static Heapprobe<A>, address: impl ToSocketAddrs)
 /// ```
 pub fn serve_with<A: Sync>(probe: &'static Heapprobe<A>, options: Options) -> io::Result<Server> {
     let listener = bind(&[options.address])?;
-    start(probe, listener, options)
+    start(probe, listener, with_default_profiler(probe, options))
+}
+
+/// Attaches the in-process profiler over `probe` unless one is attached or
+/// the options say not to (feature `pprof`).
+#[allow(unused_mut)]
+fn with_default_profiler<A: Sync>(probe: &'static Heapprobe<A>, mut options: Options) -> Options {
+    #[cfg(feature = "pprof")]
+    if options.profiler.is_none() && options.default_profiler {
+        options.profiler = Some(Arc::new(super::HeapProfiler::new(probe)));
+    }
+    #[cfg(not(feature = "pprof"))]
+    let _ = probe;
+    options
 }
 
 fn bind(addresses: &[SocketAddr]) -> io::Result<StdListener> {

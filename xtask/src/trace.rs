@@ -89,7 +89,8 @@ pub enum CallGraph {
 /// How a probe hit is weighted.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Weight {
-    /// The probe's size argument (`size`, or `new_size` for realloc).
+    /// The probe's size argument (`size`, or `new_size` for realloc; for
+    /// `sample`, its `weight`: the bytes the sample stands for).
     Bytes,
     /// One per probe hit.
     Count,
@@ -112,7 +113,8 @@ impl Weight {
     pub fn of(self, probe: &str, args: &dyn Fn(&str) -> Option<u64>) -> Result<u64, String> {
         match self {
             Weight::Count => Ok(1),
-            Weight::Bytes => args("size").or_else(|| args("new_size")).ok_or_else(|| {
+            // `sample` carries the bytes it stands for (the profiler's un-biased weight).
+            Weight::Bytes => args("weight").or_else(|| args("size")).or_else(|| args("new_size")).ok_or_else(|| {
                 String::from(
                     "has no size= (or new_size=) argument: the capture must name the probe's arguments as \
                      probes/heapprobe.d does (an older scripts/perf-flamegraph.sh named them arg0, arg1, ...: \

@@ -77,7 +77,7 @@ pub fn expected_calls(workload: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// The command line of every variant: `VARIANT WORKLOAD N`. Runs the workload
-/// `N` times and prints one line. `calls` reads the variant's own counters
+/// `N` times and prints one line, ending with its time (`ns=`). `calls` reads the variant's own counters
 /// (allocations, deallocations), if it keeps any, so the runner can check
 /// that the calls really went through it.
 pub fn main(variant: &str, calls: impl Fn() -> Option<(u64, u64)> + Sync) {
@@ -97,8 +97,20 @@ pub fn main(variant: &str, calls: impl Fn() -> Option<(u64, u64)> + Sync) {
     };
     // The calls are checked on the thread that makes them.
     let run = || {
+        // A few repetitions untimed first (first-touch page faults, lazy
+        // initialisation), as many whatever `n` is, so that callgrind's
+        // I(2n) - I(n) cancels them.
+        work(match workload {
+            "alloc_free_32b" | "alloc_free_32b_thread_1001" => 1000,
+            "vec_growth_1000" => 10,
+            _ => 1,
+        });
         let before = calls();
+        let start = std::time::Instant::now();
         work(n);
+        // The workload's wall-clock time, last on the line (benches/profile.rs
+        // reads it for its interleaved time comparison).
+        let ns = start.elapsed().as_nanos();
         let after = calls();
         match (before, after, expected_calls(workload)) {
             (Some((a0, d0)), Some((a1, d1)), Some((a, d, _))) => {
@@ -110,9 +122,9 @@ pub fn main(variant: &str, calls: impl Fn() -> Option<(u64, u64)> + Sync) {
                     );
                     std::process::exit(1);
                 }
-                println!("{variant} {workload} {n} calls-checked");
+                println!("{variant} {workload} {n} calls-checked ns={ns}");
             }
-            _ => println!("{variant} {workload} {n}"),
+            _ => println!("{variant} {workload} {n} ns={ns}"),
         }
     };
     if workload == "alloc_free_32b_thread_1001" {

@@ -406,7 +406,10 @@ fn program(
     let arg = |name: &str| args.iter().position(|a| *a == name).map(|i| format!("arg{i}"));
     let value = match weight {
         Weight::Count => String::from("1"),
-        Weight::Bytes => arg("size").or_else(|| arg("new_size")).context("this probe has no size argument")?,
+        Weight::Bytes => arg("weight")
+            .or_else(|| arg("size"))
+            .or_else(|| arg("new_size"))
+            .context("this probe has no size argument")?,
         Weight::Moved => {
             let (Some(old), Some(new), Some(old_size), Some(new_size)) =
                 (arg("old_ptr"), arg("new_ptr"), arg("old_size"), arg("new_size"))

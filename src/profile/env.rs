@@ -1,0 +1,93 @@
+//! Starting the profiler from the environment, without a rebuild:
+//! `HEAPPROBE_PROFILE=rate=524288,out=/tmp/heap ./service` starts it before
+//! `main` and writes the profile when the process exits (`exit`, or a
+//! return from `main`; not `_exit` or a fatal signal).
+
+#[cfg(all(target_os = "linux", heapprobe_profiler))]
+mod imp {
+    use std::sync::Mutex;
+
+    use super::super::{global_snapshot, sampler, Options, View, ENV_VAR};
+    use crate::stats::Stats;
+
+    /// Where the profile goes at exit (`out=`), set by the constructor.
+    static OUT: Mutex<Option<String>> = Mutex::new(None);
+
+    /// Runs before `main` (an ELF constructor): reads the variable with
+    /// `getenv` and starts the profiler if it is set.
+    #[used]
+    #[link_section = ".init_array"]
+    static START: extern "C" fn() = start_from_env;
+
+    extern "C" fn start_from_env() {
+        // SAFETY: the name is NUL-terminated; constructors run before any
+        // thread of the program could change the environment.
+        let value = unsafe { libc::getenv(c"HEAPPROBE_PROFILE".as_ptr()) };
+        if value.is_null() {
+            return;
+        }
+        // SAFETY: a non-null getenv result is a NUL-terminated string.
+        let text = unsafe { core::ffi::CStr::from_ptr(value) }.to_string_lossy();
+        if text.trim() == "0" || text.trim().is_empty() {
+            return;
+        }
+        // Registered before anything allocates, so that it runs after the
+        // handlers registered later (atexit runs them in reverse order),
+        // such as the heap summary's, which the global allocator registers
+        // on its first call when `HEAPPROBE_SUMMARY` asks for it: the
+        // summary's figures come before what writing the profile allocates.
+        // SAFETY: `write_at_exit` is an `extern "C" fn()` that lives for the
+        // whole program.
+        unsafe { libc::atexit(write_at_exit) };
+        let (options, out) = match Options::parse(&text) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                eprintln!("heapprobe: {e}; the profiler stays off");
+                return;
+            }
+        };
+        // The allocator instance is not known yet: the first sample registers
+        // the `#[global_allocator]` as the source of exact counters. Before
+        // `main`, its counters are (next to) zero.
+        let source = sampler::Source::none();
+        if let Err(e) = sampler::start(&options, source, Stats::default()) {
+            eprintln!("heapprobe: {ENV_VAR}={text}: {e}");
+            return;
+        }
+        // Copied now that the profiler runs, so that every block this
+        // process keeps is in its tables (the live map's sum is the exact
+        // current use); the copy made before the start is freed.
+        let out = match out {
+            Some(out) => out.as_str().to_owned(),
+            // SAFETY: getpid has no preconditions.
+            None => format!("heapprobe-profile-{}", unsafe { libc::getpid() }),
+        };
+        *OUT.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+    }
+
+    extern "C" fn write_at_exit() {
+        let Some(out) = OUT.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        // A process that links heapprobe without a `Heapprobe` allocator
+        // (a tool, a build script) sampled nothing and says nothing.
+        let Some(source) = sampler::GLOBAL.with(|g| g.source) else { return };
+        let Some(profile) = global_snapshot(Some(&|| source.stats())) else { return };
+        sampler::stop();
+        let mut written = Vec::new();
+        let mut write = |path: String, result: std::io::Result<()>| match result {
+            Ok(()) => written.push(path),
+            Err(e) => eprintln!("heapprobe: cannot write {path}: {e}"),
+        };
+        write(format!("{out}.folded"), profile.write_folded(format!("{out}.folded"), View::AllocatedBytes));
+        write(format!("{out}.inuse.folded"), profile.write_folded(format!("{out}.inuse.folded"), View::InUseBytes));
+        write(format!("{out}.json"), std::fs::write(format!("{out}.json"), profile.live_json()));
+        #[cfg(feature = "profile")]
+        write(
+            format!("{out}.svg"),
+            profile.write_flamegraph(format!("{out}.svg"), View::AllocatedBytes, "heapprobe: bytes allocated"),
+        );
+        #[cfg(feature = "pprof")]
+        write(format!("{out}.pb.gz"), profile.write_pprof(format!("{out}.pb.gz")));
+        eprintln!("{profile}");
+        eprintln!("heapprobe: wrote {}", written.join(", "));
+    }
+}

@@ -1,0 +1,819 @@
+//! The sampler: each thread's byte countdown, the hooks the allocator calls
+//! while the profiler is active, and the global profile's state.
+//!
+//! Per call, an active profiler costs the allocator's lean path a few
+//! inline instructions here: `alloc` subtracts the size from the thread's
+//! countdown and compares it with 0 (and the thread's epoch with the
+//! profiler's); `dealloc` hashes the address and loads one byte of the free
+//! filter. The slow path calls the `on_*` hooks, which do the same plus the
+//! scope checks. Everything else happens on
+//! the sampled path, which never allocates, never takes a lock that the
+//! allocator itself may hold, and is skipped if the thread is already inside it.
+
+use core::cell::{Cell, UnsafeCell};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+
+use super::stack::{self, Method, DEPTH_LIMIT};
+use super::store::{self, weight, Capacity, Live, Store, STACK_FP, STACK_TRUNCATED};
+use super::sys::{self, SpinLock};
+use super::{options::Unwinder, Options, ProfileError};
+use crate::alloc::Heapprobe;
+use crate::probes;
+use crate::stats::Stats;
+
+/// 1 while the global profiler runs, plus one per open scoped profile.
+/// The allocator calls the hooks only while this is not 0, and every
+/// `Heapprobe` instance is diverted to its slow path (where the hooks are)
+/// while it is not 0: change it only through [`users_change`].
+pub(crate) static USERS: AtomicU32 = AtomicU32::new(0);
+/// Changes whenever the global profiler starts or stops, so that every
+/// thread draws a new countdown on its next call.
+static EPOCH: AtomicU32 = AtomicU32::new(1);
+/// The global profiler's rate; 0 while it is not running.
+static RATE: AtomicU64 = AtomicU64::new(0);
+static DEPTH: AtomicUsize = AtomicUsize::new(64);
+static SEED: AtomicU64 = AtomicU64::new(0);
+static HAS_SEED: AtomicBool = AtomicBool::new(false);
+static THREAD_SEQ: AtomicU64 = AtomicU64::new(0);
+static DWARF_SKIP: AtomicU32 = AtomicU32::new(0);
+/// 0: not calibrated; 1: frame pointers hold; 2: they do not.
+static CALIBRATED: AtomicU8 = AtomicU8::new(0);
+/// Scoped profiles open on any thread: frees consult their thread's scope
+/// only while this is not 0.
+static SCOPES_OPEN: AtomicU32 = AtomicU32::new(0);
+/// Calls that arrived while their thread was already inside the profiler
+/// (or reading a profile); they are not recorded.
+pub(crate) static SKIPPED: AtomicU64 = AtomicU64::new(0);
+
+/// A countdown that is never reached: the global profiler is off.
+const OFF: i64 = i64::MAX / 4;
+
+/// Whether the allocator must call the hooks.
+#[inline(always)]
+pub(crate) fn active() -> bool {
+    USERS.load(Relaxed) != 0
+}
+
+/// Adds or removes a user of the hooks, and diverts every `Heapprobe`
+/// instance while there is one (restores them when the last one leaves), as
+/// one step with respect to other changes (`crate::alloc::divert_all`).
+fn users_change(add: bool) {
+    crate::alloc::divert_all(|| {
+        let before = if add { USERS.fetch_add(1, SeqCst) } else { USERS.fetch_sub(1, SeqCst) };
+        if add {
+            before.wrapping_add(1) != 0
+        } else {
+            before.wrapping_sub(1) != 0
+        }
+    });
+}
+
+#[cfg_attr(not(feature = "profile"), allow(dead_code))]
+pub(crate) fn dwarf_skip() -> u32 {
+    DWARF_SKIP.load(Relaxed)
+}
+
+/// A scoped profile open on a thread; scopes nest through `parent`.
+pub(crate) struct ScopeState {
+    store: Store,
+    parent: *mut ScopeState,
+    /// The live entry of a block being reallocated.
+    detached: Option<Live>,
+}
+
+/// What a thread knows about its sampling. Const-initialised, no destructor.
+pub(crate) struct ThreadProf {
+    /// Bytes left before the next sample (the lean path's countdown).
+    budget: Cell<i64>,
+    /// `EPOCH` when `budget` was drawn.
+    epoch: Cell<u32>,
+    /// The global countdown while a scope forces every call onto the slow path.
+    global_budget: Cell<i64>,
+    rng: Cell<u64>,
+    /// Inside the profiler (or reading a profile): hooks return at once.
+    busy: Cell<bool>,
+    /// Index in the global thread registry (0: not yet registered).
+    index: Cell<u32>,
+    /// Top of this thread's stack (0: not read yet; 1: unknown).
+    stack_hi: Cell<usize>,
+    scope: Cell<*mut ScopeState>,
+    /// A realloc's first half removed the block from the global table.
+    detached: Cell<bool>,
+    detached_global: Cell<Option<Live>>,
+}
+
+std::thread_local! {
+    static PROF: ThreadProf = const {
+        ThreadProf {
+            budget: Cell::new(0),
+            epoch: Cell::new(0),
+            global_budget: Cell::new(0),
+            rng: Cell::new(0),
+            busy: Cell::new(false),
+            index: Cell::new(0),
+            stack_hi: Cell::new(0),
+            scope: Cell::new(core::ptr::null_mut()),
+            detached: Cell::new(false),
+            detached_global: Cell::new(None),
+        }
+    };
+}
+
+#[inline(always)]
+fn thread() -> Option<&'static ThreadProf> {
+    // SAFETY: the pointer is this thread's live thread-local, which is
+    // const-initialised without destructor and so lives as long as the
+    // thread; the reference never leaves the thread.
+    PROF.try_with(|t| t as *const ThreadProf).ok().map(|t| unsafe { &*t })
+}
+
+/// Marks the thread as inside the profiler; `None` if it already was.
+struct Busy(&'static ThreadProf);
+
+impl Busy {
+    fn enter(t: &'static ThreadProf) -> Option<Busy> {
+        if t.busy.replace(true) {
+            SKIPPED.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(Busy(t))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+    }
+}
+
+/// The allocator whose exact counters the profile is checked against.
+#[derive(Clone, Copy)]
+pub(crate) struct Source {
+    addr: usize,
+    stats: fn(usize) -> Stats,
+}
+
+impl Source {
+    pub(crate) fn of<A>(heap: &Heapprobe<A>) -> Source {
+        fn stats_of<A>(addr: usize) -> Stats {
+            // SAFETY: `addr` is a `Heapprobe<A>` in static memory (checked
+            // by `is_static` before a source is kept).
+            unsafe { (*(addr as *const Heapprobe<A>)).stats() }
+        }
+        Source { addr: heap as *const Heapprobe<A> as usize, stats: stats_of::<A> }
+    }
+
+    /// No allocator yet (the environment-started profiler registers the
+    /// first static one that samples).
+    pub(crate) fn none() -> Source {
+        fn zero(_: usize) -> Stats {
+            Stats::default()
+        }
+        Source { addr: 0, stats: zero }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        (self.stats)(self.addr)
+    }
+
+    /// Whether the instance lives in the executable's static data, so that
+    /// it can be read at any later time (the `#[global_allocator]` does).
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn is_static(&self) -> bool {
+        false
+    }
+
+    /// Whether the instance lives in the executable's static data, so that
+    /// it can be read at any later time (the `#[global_allocator]` does).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn is_static(&self) -> bool {
+        if self.addr == 0 {
+            return false;
+        }
+        extern "C" {
+            static etext: u8;
+            static _end: u8;
+        }
+        // SAFETY: only the addresses of the linker-defined symbols are taken.
+        let (low, high) = unsafe { (&etext as *const u8 as usize, &_end as *const u8 as usize) };
+        self.addr >= low && self.addr < high
+    }
+}
+
+/// A thread seen by the global profiler.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ThreadInfo {
+    pub(crate) tid: u64,
+    pub(crate) name: [u8; 16],
+}
+
+/// Threads the global profiler tells apart; later ones share index 0.
+pub(crate) const MAX_PROFILED_THREADS: usize = 1024;
+
+pub(crate) struct GlobalInner {
+    pub(crate) store: Option<Store>,
+    pub(crate) threads: [ThreadInfo; MAX_PROFILED_THREADS + 1],
+    pub(crate) threads_used: usize,
+    pub(crate) source: Option<Source>,
+    /// The source's counters when the profiler started.
+    pub(crate) baseline: Option<Stats>,
+    pub(crate) options: Option<Options>,
+    pub(crate) started: Option<std::time::Instant>,
+}
+
+pub(crate) struct Global {
+    lock: SpinLock,
+    inner: UnsafeCell<GlobalInner>,
+}
+
+// SAFETY: `inner` is only reached through `with`, under `lock`.
+unsafe impl Sync for Global {}
+
+pub(crate) static GLOBAL: Global = Global {
+    lock: SpinLock::new(),
+    inner: UnsafeCell::new(GlobalInner {
+        store: None,
+        threads: [ThreadInfo { tid: 0, name: [0; 16] }; MAX_PROFILED_THREADS + 1],
+        threads_used: 0,
+        source: None,
+        baseline: None,
+        options: None,
+        started: None,
+    }),
+};
+
+impl Global {
+    /// Runs `f` on the global state under the lock. The calling thread is
+    /// marked busy meanwhile, so that an allocation made by `f` (when called
+    /// from outside the allocator) skips the hooks instead of waiting for
+    /// the lock its own thread holds.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut GlobalInner) -> R) -> R {
+        let t = thread();
+        let was_busy = t.map(|t| t.busy.replace(true));
+        let guard = self.lock.lock();
+        // SAFETY: the lock gives exclusive access to `inner`.
+        let result = f(unsafe { &mut *self.inner.get() });
+        drop(guard);
+        if let (Some(t), Some(was)) = (t, was_busy) {
+            t.busy.set(was);
+        }
+        result
+    }
+}
+
+impl GlobalInner {
+    fn thread_index(&mut self, t: &ThreadProf) -> u32 {
+        let index = t.index.get();
+        if index != 0 {
+            return index;
+        }
+        if self.threads_used >= MAX_PROFILED_THREADS {
+            return 0;
+        }
+        self.threads_used += 1;
+        self.threads[self.threads_used] = ThreadInfo { tid: sys::gettid(), name: sys::thread_name() };
+        t.index.set(self.threads_used as u32);
+        self.threads_used as u32
+    }
+}
+
+/// Maps the free filter and measures which stack walk this build supports.
+/// Runs outside the allocator path, once.
+pub(crate) fn ensure_ready() -> Result<(), ProfileError> {
+    if !cfg!(heapprobe_profiler) {
+        return Err(ProfileError::Unavailable);
+    }
+    if !store::filter_init() {
+        return Err(ProfileError::Map);
+    }
+    if CALIBRATED.load(Acquire) == 0 {
+        let hi = thread().map_or(1, stack_hi);
+        let calibration = stack::calibrate(hi);
+        DWARF_SKIP.store(calibration.dwarf_skip, Relaxed);
+        let auto = if calibration.frame_pointers || !stack::HAS_DWARF { Method::FramePointers } else { Method::Dwarf };
+        stack::set_method(auto);
+        CALIBRATED.store(if calibration.frame_pointers { 1 } else { 2 }, Release);
+    }
+    Ok(())
+}
+
+/// Whether the calibration found frame pointers in this build.
+pub(crate) fn frame_pointers_hold() -> bool {
+    CALIBRATED.load(Acquire) == 1
+}
+
+fn method_for(unwinder: Unwinder) -> Result<Method, ProfileError> {
+    Ok(match unwinder {
+        Unwinder::FramePointers => Method::FramePointers,
+        Unwinder::Dwarf if stack::HAS_DWARF => Method::Dwarf,
+        Unwinder::Dwarf => return Err(ProfileError::NeedsFeature("profile")),
+        Unwinder::Auto if frame_pointers_hold() || !stack::HAS_DWARF => Method::FramePointers,
+        Unwinder::Auto => Method::Dwarf,
+    })
+}
+
+/// Starts the global profiler.
+pub(crate) fn start(options: &Options, source: Source, baseline: Stats) -> Result<(), ProfileError> {
+    ensure_ready()?;
+    let method = method_for(options.unwinder)?;
+    let rate = options.rate.max(1);
+    let cap = Capacity {
+        stacks: options.max_stacks,
+        frames: options.max_stacks.saturating_mul(options.max_depth.clamp(1, DEPTH_LIMIT)).min(1 << 26),
+        sites: options.max_sites,
+        live: options.max_live,
+    };
+    GLOBAL.with(|g| {
+        if RATE.load(Relaxed) != 0 {
+            return Err(ProfileError::AlreadyRunning);
+        }
+        match g.store.as_mut() {
+            Some(store) if store.capacity() == Store::normalised(cap) => store.clear(rate),
+            _ => g.store = Some(Store::new(cap, rate, true).ok_or(ProfileError::Map)?),
+        }
+        g.source = source.is_static().then_some(source);
+        g.baseline = Some(baseline);
+        g.options = Some(options.clone());
+        g.started = Some(std::time::Instant::now());
+        // Under the lock, so that concurrent starts and stops pair up: the
+        // first start wins, and only a stop that saw it running undoes it.
+        stack::set_method(method);
+        DEPTH.store(options.max_depth.clamp(1, DEPTH_LIMIT), Relaxed);
+        SEED.store(options.seed.unwrap_or(0), Relaxed);
+        HAS_SEED.store(options.seed.is_some(), Relaxed);
+        THREAD_SEQ.store(0, Relaxed);
+        RATE.store(rate, Relaxed);
+        EPOCH.fetch_add(1, Release);
+        users_change(true);
+        Ok(())
+    })?;
+    // The heap summary at exit (HEAPPROBE_SUMMARY=1) now lists the top
+    // live stacks too.
+    super::register_live_stacks();
+    Ok(())
+}
+
+/// Stops the global profiler; its tables keep what they hold.
+pub(crate) fn stop() -> bool {
+    GLOBAL.with(|_| {
+        if RATE.swap(0, Relaxed) == 0 {
+            return false;
+        }
+        EPOCH.fetch_add(1, Release);
+        users_change(false);
+        true
+    })
+}
+
+/// Changes at every start and stop (read under the profiler's lock, it
+/// names the session a profile belongs to).
+pub(crate) fn session() -> u32 {
+    EPOCH.load(Acquire)
+}
+
+pub(crate) fn running() -> bool {
+    RATE.load(Relaxed) != 0
+}
+
+fn stack_hi(t: &ThreadProf) -> usize {
+    match t.stack_hi.get() {
+        0 => {
+            let hi = sys::stack_bounds().map_or(1, |(_, hi)| hi);
+            t.stack_hi.set(hi);
+            hi
+        }
+        hi => hi,
+    }
+}
+
+fn seed_thread(t: &ThreadProf) {
+    let mut sequence = THREAD_SEQ.fetch_add(1, Relaxed).wrapping_add(1);
+    let base = if HAS_SEED.load(Relaxed) {
+        // A named thread's stream depends on its name, not on which thread
+        // happened to sample first: runs repeat exactly.
+        let name = sys::thread_name();
+        if name[0] != 0 {
+            sequence = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+        }
+        SEED.load(Relaxed)
+    } else {
+        // SystemTime reads the clock with a system call: no allocation.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (now.as_nanos() as u64) ^ sys::gettid().rotate_left(17)
+    };
+    // splitmix64 of (base, sequence): distinct, non-zero streams per thread.
+    let mut z = base.wrapping_add(sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    t.rng.set(z | 1);
+}
+
+/// An exponential gap of mean `rate` bytes (0 at rate 1: every call sampled).
+fn draw_gap(t: &ThreadProf, rate: u64) -> i64 {
+    if rate <= 1 {
+        return 0;
+    }
+    let mut x = t.rng.get();
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    t.rng.set(x);
+    let bits = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+    let uniform = (bits as f64 + 1.0) / (1u64 << 53) as f64; // (0, 1]
+    let gap = -uniform.ln() * rate as f64;
+    gap.min((OFF / 2) as f64) as i64
+}
+
+/// Takes `bytes` off the thread's global countdown and says whether they
+/// are sampled (with the rate), drawing a new gap when they are. The fast
+/// path has already subtracted them from `budget` when no scope is open.
+fn global_decision(t: &ThreadProf, bytes: u64, in_scope: bool) -> Option<u64> {
+    let epoch = EPOCH.load(Acquire);
+    let rate = RATE.load(Relaxed);
+    let mut left = if in_scope { t.global_budget.get().wrapping_sub(bytes as i64) } else { t.budget.get() };
+    if t.epoch.get() != epoch {
+        t.epoch.set(epoch);
+        if rate != 0 {
+            seed_thread(t);
+            left = draw_gap(t, rate).wrapping_sub(bytes as i64);
+        }
+    }
+    let sampled = rate != 0 && bytes != 0 && left < 0;
+    if rate == 0 {
+        left = OFF;
+    } else if sampled {
+        left = draw_gap(t, rate);
+    }
+    if in_scope {
+        t.global_budget.set(left);
+        t.budget.set(-1);
+    } else {
+        t.budget.set(left);
+    }
+    sampled.then_some(rate)
+}
+
+/// Captures the calling thread's stack into `buf`.
+#[inline(always)]
+fn capture(t: &ThreadProf, buf: &mut [usize; DEPTH_LIMIT]) -> (usize, u16) {
+    let depth = DEPTH.load(Relaxed).clamp(1, DEPTH_LIMIT);
+    let method = stack::method();
+    let hi = if method == Method::FramePointers { stack_hi(t) } else { 0 };
+    stack::capture(&mut buf[..depth], method, hi)
+}
+
+fn note_stack(store: &mut Store, flags: u16) {
+    if flags & STACK_TRUNCATED != 0 {
+        store.truncated_samples += 1;
+    }
+    if flags & STACK_FP != 0 {
+        store.fp_samples += 1;
+    }
+}
+
+/// Every store of the scopes open on this thread, innermost first.
+fn each_scope(mut scope: *mut ScopeState, mut f: impl FnMut(&mut ScopeState)) {
+    while !scope.is_null() {
+        // SAFETY: an open scope's state lives on its owner's stack (this
+        // thread) until the scope's guard unlinks it; only this thread
+        // reaches it, and never re-entrantly (the thread is busy).
+        let state = unsafe { &mut *scope };
+        f(state);
+        scope = state.parent;
+    }
+}
+
+// ---- the hooks (called by src/alloc.rs when `active()`) ----
+
+/// After a successful `alloc` or `alloc_zeroed` of `size` bytes at `ptr`.
+#[cold]
+#[inline(never)]
+pub(crate) fn on_alloc<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
+    let Some(t) = thread() else { return };
+    let budget = t.budget.get().wrapping_sub(size as i64);
+    t.budget.set(budget);
+    if budget < 0 || t.epoch.get() != EPOCH.load(Relaxed) {
+        // Same arguments in the same registers: a bare tail jump.
+        sampled_alloc_entry(heap, ptr, size);
+    }
+}
+
+#[inline(never)]
+pub(crate) fn sampled_alloc_entry<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
+    if let Some(t) = thread() {
+        sampled_alloc(t, Source::of(heap), ptr as usize, size as u64);
+    }
+}
+
+/// Before a `dealloc` of `ptr` reaches the inner allocator.
+#[cold]
+#[inline(never)]
+pub(crate) fn on_dealloc(ptr: *mut u8) {
+    if store::filter_maybe(ptr as usize) || (SCOPES_OPEN.load(Relaxed) != 0 && in_scope()) {
+        freed(ptr as usize);
+    }
+}
+
+#[inline(never)]
+fn in_scope() -> bool {
+    thread().is_some_and(|t| !t.scope.get().is_null())
+}
+
+/// Before a `realloc` of `ptr` reaches the inner allocator: a tracked block
+/// leaves the tables first, so that no other thread can be handed its
+/// address (and sample it) while it is still listed.
+#[cold]
+#[inline(never)]
+pub(crate) fn on_realloc_start(ptr: *mut u8) {
+    if store::filter_maybe(ptr as usize) || (SCOPES_OPEN.load(Relaxed) != 0 && in_scope()) {
+        detach(ptr as usize);
+    }
+}
+
+/// After a `realloc` of `old` (`old_size` bytes) returned `new` (null: failed).
+#[cold]
+#[inline(never)]
+pub(crate) fn on_realloc<A>(heap: &Heapprobe<A>, old: *mut u8, new: *mut u8, old_size: usize, new_size: usize) {
+    let Some(t) = thread() else { return };
+    let growth = new_size.saturating_sub(old_size);
+    let budget = t.budget.get().wrapping_sub(growth as i64);
+    t.budget.set(budget);
+    if budget < 0 || t.detached.get() || t.epoch.get() != EPOCH.load(Relaxed) {
+        sampled_realloc(t, Source::of(heap), old as usize, new as usize, old_size as u64, new_size as u64);
+    }
+}
+
+#[inline(never)]
+fn sampled_alloc(t: &'static ThreadProf, source: Source, ptr: usize, size: u64) {
+    if ptr == 0 {
+        return;
+    }
+    let Some(_busy) = Busy::enter(t) else { return };
+    let scope = t.scope.get();
+    let global = global_decision(t, size, !scope.is_null());
+    if global.is_none() && scope.is_null() {
+        return;
+    }
+    let mut buf = [0usize; DEPTH_LIMIT];
+    let (n, flags) = capture(t, &mut buf);
+    let frames = &buf[..n];
+    let born = sys::now_ns();
+    if let Some(rate) = global {
+        let w = weight(size, rate);
+        GLOBAL.with(|g| {
+            if g.source.is_none() && source.is_static() {
+                g.source = Some(source);
+            }
+            let thread = g.thread_index(t);
+            let Some(store) = g.store.as_mut() else { return };
+            let stack = store.intern_stack(frames, flags);
+            let site = store.site(stack, thread);
+            note_stack(store, flags);
+            store.count_allocated(site, w, size as f64 * w);
+            store.insert_live(ptr, site, size, size, size, born);
+        });
+        fire_sample(ptr, size, (size as f64 * w).round() as u64);
+    }
+    each_scope(scope, |s| {
+        let stack = s.store.intern_stack(frames, flags);
+        let site = s.store.site(stack, 1);
+        note_stack(&mut s.store, flags);
+        s.store.count_allocated(site, 1.0, size as f64);
+        s.store.insert_live(ptr, site, size, size, size, born);
+    });
+}
+
+#[inline(never)]
+pub(crate) fn freed(ptr: usize) {
+    let Some(t) = thread() else { return };
+    let Some(_busy) = Busy::enter(t) else { return };
+    each_scope(t.scope.get(), |s| {
+        s.store.remove_live(ptr);
+    });
+    if store::filter_maybe(ptr) {
+        let found = GLOBAL.with(|g| g.store.as_mut().and_then(|s| s.remove_live(ptr)).is_some());
+        if found {
+            fire_sample_free(ptr);
+        }
+    }
+}
+
+#[inline(never)]
+pub(crate) fn detach(ptr: usize) {
+    let Some(t) = thread() else { return };
+    let Some(_busy) = Busy::enter(t) else { return };
+    each_scope(t.scope.get(), |s| s.detached = s.store.remove_live(ptr));
+    if store::filter_maybe(ptr) {
+        let found = GLOBAL.with(|g| g.store.as_mut().and_then(|s| s.remove_live(ptr)));
+        if found.is_some() {
+            fire_sample_free(ptr);
+        }
+        t.detached_global.set(found);
+    }
+    t.detached.set(true);
+}
+
+/// The sampled half of [`on_realloc`], for the lean path (which did the
+/// countdown itself, [`realloc_due`]).
+#[inline(never)]
+pub(crate) fn sampled_realloc_entry<A>(
+    heap: &Heapprobe<A>,
+    old: *mut u8,
+    new: *mut u8,
+    old_size: usize,
+    new_size: usize,
+) {
+    if let Some(t) = thread() {
+        sampled_realloc(t, Source::of(heap), old as usize, new as usize, old_size as u64, new_size as u64);
+    }
+}
+
+// ---- the lean path's inline checks ----
+//
+// `src/alloc.rs` takes a lean path for a diverted thread that is bound to
+// the instance, has no measured scope open (so no scoped profile either)
+// and is not inside an allocator call: the fast path's counting plus these
+// checks, inline; the sampled work (the `*_entry` functions, `freed`,
+// `detach`) runs out of line with the thread marked busy.
+
+/// After an allocation of `bytes` on the lean path: whether the sampled
+/// path must run ([`sampled_alloc_entry`]). The same countdown as [`on_alloc`].
+#[inline(always)]
+pub(crate) fn alloc_due(bytes: usize) -> bool {
+    let Some(t) = thread() else { return false };
+    let budget = t.budget.get().wrapping_sub(bytes as i64);
+    t.budget.set(budget);
+    budget < 0 || t.epoch.get() != EPOCH.load(Relaxed)
+}
+
+/// After a realloc from `old_size` to `new_size` bytes on the lean path:
+/// whether the sampled path must run ([`sampled_realloc_entry`]). The same
+/// test as [`on_realloc`].
+#[inline(always)]
+pub(crate) fn realloc_due(old_size: usize, new_size: usize) -> bool {
+    let Some(t) = thread() else { return false };
+    let growth = new_size.saturating_sub(old_size);
+    let budget = t.budget.get().wrapping_sub(growth as i64);
+    t.budget.set(budget);
+    budget < 0 || t.detached.get() || t.epoch.get() != EPOCH.load(Relaxed)
+}
+
+/// Before a free (or the first half of a realloc) on the lean path: whether
+/// the block may be in the global table, so that [`freed`] (or [`detach`])
+/// must run. No scope can be open on a thread on the lean path.
+#[inline(always)]
+pub(crate) fn free_due(ptr: *mut u8) -> bool {
+    store::filter_maybe(ptr as usize)
+}
+
+#[inline(never)]
+fn sampled_realloc(t: &'static ThreadProf, source: Source, old: usize, new: usize, old_size: u64, new_size: u64) {
+    t.detached.set(false);
+    let detached = t.detached_global.take();
+    let Some(_busy) = Busy::enter(t) else { return };
+    let scope = t.scope.get();
+    let growth = new_size.saturating_sub(old_size);
+    let global = global_decision(t, growth, !scope.is_null());
+    if global.is_none() && detached.is_none() && scope.is_null() {
+        return;
+    }
+    if new == 0 {
+        // The realloc failed and `old` is still allocated: list it again.
+        if let Some(e) = detached {
+            GLOBAL.with(|g| {
+                if let Some(store) = g.store.as_mut() {
+                    store.insert_live(old, e.site, e.size, e.exposure, e.size, e.born);
+                }
+            });
+        }
+        each_scope(scope, |s| {
+            if let Some(e) = s.detached.take() {
+                s.store.insert_live(old, e.site, e.size, e.exposure, e.size, e.born);
+            }
+        });
+        return;
+    }
+    // A tracked block whose growth was not sampled keeps its site: moving
+    // it costs no stack capture.
+    if global.is_none() {
+        if let Some(e) = detached {
+            let fired = GLOBAL.with(|g| {
+                let store = g.store.as_mut()?;
+                let exposure = e.exposure.saturating_add(growth);
+                store.insert_live(new, e.site, new_size, exposure, new_size, e.born);
+                Some((new_size as f64 * weight(exposure, store.rate)).round() as u64)
+            });
+            if let Some(weight) = fired {
+                fire_sample(new, new_size, weight);
+            }
+        }
+        if scope.is_null() {
+            return;
+        }
+    }
+    let mut buf = [0usize; DEPTH_LIMIT];
+    let (n, flags) = capture(t, &mut buf);
+    let frames = &buf[..n];
+    if global.is_some() {
+        let mut fired = None;
+        GLOBAL.with(|g| {
+            if g.source.is_none() && source.is_static() {
+                g.source = Some(source);
+            }
+            let thread = g.thread_index(t);
+            let Some(store) = g.store.as_mut() else { return };
+            let stack = store.intern_stack(frames, flags);
+            let site = store.site(stack, thread);
+            if let Some(rate) = global {
+                let w = weight(growth, rate);
+                note_stack(store, flags);
+                store.count_allocated_bytes(site, growth as f64 * w);
+            }
+            // Tracked after the realloc iff tracked before or the growth was
+            // sampled: probability 1 - e^-(exposure)/rate, so the entry is
+            // weighed by its exposure (size plus every sampled growth).
+            let (exposure, born) = match detached {
+                Some(e) => (e.exposure.saturating_add(growth), e.born),
+                None if global.is_some() => (new_size, sys::now_ns()),
+                None => return,
+            };
+            store.insert_live(new, site, new_size, exposure, new_size, born);
+            fired = Some((new_size as f64 * weight(exposure, store.rate)).round() as u64);
+        });
+        if let Some(weight) = fired {
+            fire_sample(new, new_size, weight);
+        }
+    }
+    each_scope(scope, |s| {
+        let stack = s.store.intern_stack(frames, flags);
+        let site = s.store.site(stack, 1);
+        if growth > 0 {
+            note_stack(&mut s.store, flags);
+            s.store.count_allocated_bytes(site, growth as f64);
+        }
+        match s.detached.take() {
+            Some(e) => s.store.insert_live(new, site, new_size, e.exposure + growth, new_size, e.born),
+            // A block from before the scope: the scope owns its growth only.
+            None if growth > 0 => s.store.insert_live(new, site, new_size, new_size, growth, sys::now_ns()),
+            None => {}
+        }
+    });
+}
+
+#[inline(always)]
+fn fire_sample(ptr: usize, size: u64, weight: u64) {
+    probes::sample(ptr as u64, size, weight);
+    #[cfg(feature = "otel")]
+    probe::probe!(otel_memory, alloc, ptr as u64, size, weight);
+}
+
+#[inline(always)]
+fn fire_sample_free(ptr: usize) {
+    probes::sample_free(ptr as u64);
+    #[cfg(feature = "otel")]
+    probe::probe!(otel_memory, free, ptr as u64);
+}
+
+// ---- scoped profiles ----
+
+/// Capacities of a scope's own tables.
+pub(crate) const SCOPE_CAPACITY: Capacity = Capacity { stacks: 8192, frames: 1 << 19, sites: 8192, live: 1 << 16 };
+
+/// Runs `f` with every allocator call of this thread recorded exactly in a
+/// store of its own, returned afterwards (or why there is none).
+pub(crate) fn with_scope<R>(f: impl FnOnce() -> R) -> (R, Result<Store, ProfileError>) {
+    let Some(t) = thread() else { return (f(), Err(ProfileError::Unavailable)) };
+    let store = match ensure_ready().and_then(|()| Store::new(SCOPE_CAPACITY, 1, false).ok_or(ProfileError::Map)) {
+        Ok(store) => store,
+        Err(e) => return (f(), Err(e)),
+    };
+    let mut state = ScopeState { store, parent: t.scope.get(), detached: None };
+
+    /// Unlinks the scope on every exit path, unwinding included.
+    struct Guard {
+        t: &'static ThreadProf,
+        parent: *mut ScopeState,
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.t.scope.set(self.parent);
+            if self.parent.is_null() {
+                self.t.budget.set(self.t.global_budget.get());
+            }
+            SCOPES_OPEN.fetch_sub(1, Release);
+            users_change(false);
+        }
+    }
+    if state.parent.is_null() {
+        t.global_budget.set(t.budget.get());
+    }
+    let guard = Guard { t, parent: state.parent };
+    t.budget.set(-1);
+    t.scope.set(&mut state);
+    SCOPES_OPEN.fetch_add(1, Release);
+    users_change(true);
+    let result = f();
+    drop(guard);
+    (result, Ok(state.store))
+}

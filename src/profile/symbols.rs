@@ -1,0 +1,96 @@
+//! Names for return addresses, resolved off the hot path, in process.
+//!
+//! With the `profile` feature: `backtrace`'s resolver (gimli's addr2line
+//! over the binary's DWARF, else its symbol table), inlined frames
+//! expanded, Rust names demangled without their hash. Without it: the
+//! addresses in hex.
+
+/// One function at an address (several when calls were inlined).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) name: String,
+    pub(crate) file: Option<String>,
+    pub(crate) line: u32,
+}
+
+/// [`resolve`], remembered for the life of the process: a service whose
+/// profile is read again and again (a scraper every few seconds, a delta
+/// profile that must answer soon after its `N` seconds) names each address
+/// once. An address keeps its names as long as the code there stays
+/// mapped, which for the executable and the libraries loaded at start is
+/// the whole run. Taken only by threads reading a profile, never on the
+/// allocator path.
+pub(crate) fn resolve_cached(addr: usize) -> Vec<Frame> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CACHE: Mutex<Option<HashMap<usize, Vec<Frame>>>> = Mutex::new(None);
+    if let Some(frames) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|c| c.get(&addr)) {
+        return frames.clone();
+    }
+    // Resolved without the lock: two readers may both name an address.
+    let frames = resolve(addr);
+    CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(addr, frames.clone());
+    frames
+}
+
+/// The frames at `addr`, innermost first. `addr` is a return address, so
+/// the call instruction is looked up one byte before it.
+pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
+    let lookup = addr.saturating_sub(1);
+    #[cfg(feature = "profile")]
+    {
+        let mut frames = Vec::new();
+        backtrace::resolve(lookup as *mut core::ffi::c_void, |symbol| {
+            if let Some(name) = symbol.name() {
+                frames.push(Frame {
+                    name: format!("{name:#}"),
+                    file: symbol.filename().map(|f| f.display().to_string()),
+                    line: symbol.lineno().unwrap_or(0),
+                });
+            }
+        });
+        if !frames.is_empty() {
+            return frames;
+        }
+    }
+    let _ = lookup;
+    vec![Frame { name: format!("{addr:#x}"), file: None, line: 0 }]
+}
+
+/// Whether a frame is the profiler's own (or its unwinder's, or the
+/// wrapper's lean or slow path that called it): these sit above the
+/// allocator's entry (`<heapprobe::alloc::Heapprobe<A> as GlobalAlloc>::alloc`,
+/// which stays) in every captured stack and are left out, so that a stack
+/// reads the same whichever path sampled it.
+pub(crate) fn is_own(frame: &Frame) -> bool {
+    frame.name.starts_with("heapprobe::profile::")
+        || frame.name.starts_with("backtrace::")
+        || frame.name.starts_with("heapprobe::alloc::Heapprobe<")
+        || frame.name.starts_with("heapprobe::alloc::profiler_busy")
+}
+
+/// Whether a frame is allocator machinery (the wrapper, Rust's allocation
+/// glue, the collections' growth code) rather than the code that asked.
+pub(crate) fn is_machinery(frame: &str) -> bool {
+    const MACHINERY: [&str; 10] = [
+        "heapprobe::",
+        "<heapprobe::",
+        "__rust",
+        "__rdl_",
+        "alloc::",
+        "<alloc::",
+        "core::",
+        "<core::",
+        "std::alloc::",
+        "[truncated]",
+    ];
+    MACHINERY.iter().any(|m| frame.starts_with(m))
+}
+
+/// Where a folded stack (root first) allocated: its innermost frame that is
+/// not allocator machinery, then up to two callers, as `site <- caller <- caller`.
+pub(crate) fn site_of(stack: &str) -> String {
+    let frames: Vec<&str> = stack.rsplit(';').collect();
+    let site = frames.iter().position(|f| !is_machinery(f)).unwrap_or(0);
+    frames[site..].iter().take(3).copied().collect::<Vec<_>>().join(" <- ")
+}
