@@ -29,4 +29,14 @@ provider heapprobe {
 	probe scope_end(uint64_t); /* id */
 	/* The inner allocator returned null (alloc, alloc_zeroed or realloc). */
 	probe alloc_failed(uint64_t, uint64_t); /* size, align */
+	/* heapprobe::Local instance `id`: every successful allocate and allocate_zeroed. */
+	probe local_alloc(uint64_t, uint64_t, uint64_t, uint64_t); /* id, ptr, size, align */
+	/* heapprobe::Local instance `id`: every deallocate. */
+	probe local_dealloc(uint64_t, uint64_t, uint64_t, uint64_t); /* id, ptr, size, align */
+	/* heapprobe::Local instance `id`: every successful grow and grow_zeroed (align of the new layout); old_ptr != new_ptr means the block moved. */
+	probe local_grow(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t); /* id, old_ptr, new_ptr, old_size, new_size, align */
+	/* heapprobe::Local instance `id`: every successful shrink (align of the new layout). */
+	probe local_shrink(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t); /* id, old_ptr, new_ptr, old_size, new_size, align */
+	/* heapprobe::Local instance `id`: the inner allocator failed (allocate, allocate_zeroed, grow or shrink; size of the layout asked for). */
+	probe local_failed(uint64_t, uint64_t, uint64_t); /* id, size, align */
 };

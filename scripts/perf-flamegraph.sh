@@ -7,7 +7,7 @@
 #   SECONDS  how long to record (default 10; Ctrl-C ends it early)
 #   EVENT    a heapprobe probe (default alloc): alloc, dealloc, realloc,
 #            alloc_locked, dealloc_locked, realloc_locked, alloc_failed,
-#            scope_begin, scope_end
+#            scope_begin, scope_end, local_{alloc,dealloc,grow,shrink,failed}
 #   Env: OUT (output directory, default ./heapprobe-PID), PERF (perf
 #        binary), CALLGRAPH (default fp; dwarf for binaries built without
 #        frame pointers, much bigger and slower).
@@ -76,6 +76,9 @@ alloc | dealloc | alloc_locked | dealloc_locked) names="ptr size align" weight=s
 realloc | realloc_locked) names="old_ptr new_ptr old_size new_size align" weight=new_size unit="bytes (new sizes)" ;;
 alloc_failed) names="size align" weight=size unit="bytes asked for" ;;
 scope_begin | scope_end) names="id" weight= unit=calls ;;
+local_alloc | local_dealloc) names="id ptr size align" weight=size unit=bytes ;;
+local_grow | local_shrink) names="id old_ptr new_ptr old_size new_size align" weight=new_size unit="bytes (new sizes)" ;;
+local_failed) names="id size align" weight=size unit="bytes asked for" ;;
 *) die "unknown heapprobe probe '$event'" ;;
 esac
 perf=${PERF:-perf}

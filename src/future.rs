@@ -66,9 +66,10 @@ impl<A> Heapprobe<A> {
     /// ```
     ///
     /// # Panics
-    /// A poll panics, before polling `fut`, on a thread without a counter
-    /// slot (see [`Heapprobe::measure`]). If `fut` panics, that poll's scope
-    /// ends and the panic continues.
+    /// A poll panics, before polling `fut`, where [`Heapprobe::measure`]
+    /// would: on a thread counted by another `Heapprobe` instance, or if no
+    /// memory could be mapped for its counters. If `fut` panics, that
+    /// poll's scope ends and the panic continues.
     pub fn measure_future<F: Future>(&self, fut: F) -> MeasuredFuture<'_, A, F> {
         MeasuredFuture { alloc: self, inner: Some(fut), total: Stats::default(), net: 0, peak: 0 }
     }

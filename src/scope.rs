@@ -6,24 +6,30 @@ use crate::alloc::Heapprobe;
 use crate::probes;
 use crate::stats::Stats;
 use crate::tally::Slot;
+use crate::thread::{self, ThreadState};
 
 /// Scope ids, for the `scope_begin` / `scope_end` probes. Starts at 1.
 static NEXT_SCOPE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Closes a scope on every exit path, unwinding included.
 struct ScopeGuard<'a> {
+    state: &'a ThreadState,
     slot: &'a Slot,
     id: u64,
-    outer_high: i64,
+    /// The enclosing scope's carried high (see [`Slot::mark`]).
+    outer_carry: i64,
 }
 
 impl Drop for ScopeGuard<'_> {
     fn drop(&mut self) {
         let slot = self.slot;
+        // This scope's high, folded into the enclosing scope's: the inner
+        // scope's calls are the outer scope's calls too.
+        let inner = slot.mark();
+        slot.scope_carry.store(inner.max(self.outer_carry), Relaxed);
         slot.scope_depth.store(slot.scope_depth.load(Relaxed).saturating_sub(1), Relaxed);
-        // The enclosing scope's high-water mark includes this scope's.
-        let high = slot.scope_high.load(Relaxed).max(self.outer_high);
-        slot.scope_high.store(high, Relaxed);
+        // The last scope closed: the thread's calls take the fast path again.
+        self.state.fast.set(thread::fast_value(self.state));
         probes::scope_end(self.id);
     }
 }
@@ -55,24 +61,33 @@ impl<A> Heapprobe<A> {
     /// assert_eq!((stats.allocations, stats.deallocations), (3, 3));
     /// ```
     ///
+    /// Any number of threads can measure at the same time: each gets its own
+    /// counter slot, from memory heapprobe maps itself.
+    ///
     /// # Panics
-    /// If the thread has no counter slot (more than
-    /// [`MAX_THREADS`](crate::MAX_THREADS) live threads), before running `f`.
+    /// Before running `f`, as [`thread_stats`](Self::thread_stats): if this
+    /// thread is counted by another `Heapprobe` instance, or if no memory
+    /// could be mapped for its counters.
     pub fn measure<R>(&self, f: impl FnOnce() -> R) -> (R, Stats) {
-        let slot = self.own_slot("measure");
+        let (state, slot) = self.own_slot("measure");
         let id = NEXT_SCOPE_ID.fetch_add(1, Relaxed);
         let start = slot.tally.load();
-        let start_net = slot.net.load(Relaxed);
-        let guard = ScopeGuard { slot, id, outer_high: slot.scope_high.load(Relaxed) };
-        slot.scope_high.store(start_net, Relaxed);
+        let start_net = slot.net();
+        // Fold the high so far into the thread's (and an enclosing scope's)
+        // peak; this scope's high starts here.
+        let outer_carry = slot.mark();
+        let guard = ScopeGuard { state, slot, id, outer_carry };
+        slot.scope_carry.store(start_net, Relaxed);
         slot.scope_depth.store(slot.scope_depth.load(Relaxed).saturating_add(1), Relaxed);
+        // Calls inside a scope take the slow path, which fires `*_locked`.
+        state.fast.set(thread::SLOW);
         probes::scope_begin(id);
 
         let result = f();
 
         let mut stats = slot.tally.load() - start;
-        stats.current = slot.net.load(Relaxed).wrapping_sub(start_net).max(0) as usize;
-        stats.peak = slot.scope_high.load(Relaxed).wrapping_sub(start_net).max(0) as usize;
+        stats.current = slot.net().wrapping_sub(start_net).max(0) as usize;
+        stats.peak = slot.scope_high().wrapping_sub(start_net).max(0) as usize;
         drop(guard);
         (result, stats)
     }

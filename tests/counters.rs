@@ -228,6 +228,112 @@ fn thread_stats_are_exact_and_have_their_own_peak() {
     .unwrap();
 }
 
+/// One high-water mark serves the thread and every open scope; scope
+/// boundaries, `reset_thread_peak` and publications of the net (every 64 KiB
+/// freed, or a new high 64 KiB up) fold it into carried values. None of that
+/// may change a peak.
+#[test]
+fn thread_and_scope_peaks_are_exact_across_marks() {
+    std::thread::spawn(|| {
+        let ballast = black_box(vec![0u8; 4096]);
+        GLOBAL.reset_thread_peak();
+        let base = GLOBAL.thread_stats().current;
+        assert_eq!(GLOBAL.thread_stats().peak, base);
+
+        // A scope's high is the thread's high too (1 MiB: published inside).
+        let ((), s) = GLOBAL.measure(|| drop(black_box(vec![0u8; 1 << 20])));
+        assert_eq!((s.peak, s.current), (1 << 20, 0));
+        assert_eq!(GLOBAL.thread_stats().peak, base + (1 << 20));
+
+        // reset_thread_peak inside a scope restarts the thread's peak only.
+        GLOBAL.reset_thread_peak();
+        let ((), s) = GLOBAL.measure(|| {
+            drop(black_box(vec![0u8; 5000]));
+            GLOBAL.reset_thread_peak();
+            assert_eq!(GLOBAL.thread_stats().peak, base);
+            drop(black_box(vec![0u8; 1000]));
+            assert_eq!(GLOBAL.thread_stats().peak, base + 1000);
+        });
+        assert_eq!(s.peak, 5000, "the scope keeps its high from before the reset");
+        assert_eq!(GLOBAL.thread_stats().peak, base + 1000);
+
+        // Nested scopes, frees of older memory, and publications by the
+        // budget (300 KB freed in 3 KB steps) between the highs.
+        let older: Vec<Vec<u8>> = (0..100).map(|_| vec![0u8; 3000]).collect();
+        GLOBAL.reset_thread_peak();
+        let start = GLOBAL.thread_stats().current;
+        let ((inner, middle), outer) = GLOBAL.measure(|| {
+            let a = black_box(vec![0u8; 200_000]);
+            let (inner, middle) = GLOBAL.measure(|| {
+                drop(older); // -300_000 - the Vec's own 2400
+                let ((), inner) = GLOBAL.measure(|| {
+                    let b = black_box(vec![0u8; 250_000]);
+                    let c = black_box(vec![0u8; 60_000]);
+                    drop((b, c));
+                });
+                let d = black_box(vec![0u8; 90_000]);
+                drop(d);
+                inner
+            });
+            drop(a);
+            (inner, middle)
+        });
+        assert_eq!((inner.peak, inner.current), (310_000, 0));
+        // The middle scope (which starts with `a` already allocated) falls
+        // to -302_400, then peaks inside `inner` at -302_400 + 310_000.
+        assert_eq!((middle.peak, middle.current), (7_600, 0));
+        assert_eq!(middle.net_bytes(), -302_400);
+        // The outer one: +200_000 for `a`, then the middle's high on top.
+        assert_eq!(outer.peak, 207_600);
+        assert_eq!(outer.net_bytes(), -302_400);
+        assert_eq!(GLOBAL.thread_stats().peak, start + 207_600);
+        assert_eq!(GLOBAL.thread_stats().current, start - 302_400);
+        drop(ballast);
+    })
+    .join()
+    .unwrap();
+}
+
+/// The process-wide peak sees a thread whose net rises again after it freed
+/// (its high-water mark restarts when it publishes, so the rise is seen).
+#[test]
+fn global_peak_sees_a_thread_rising_again_after_freeing() {
+    use std::sync::mpsc::channel;
+    const MIB: usize = 1 << 20;
+    let start = GLOBAL.stats().current;
+    let (to_a, a_rx) = channel::<()>();
+    let (to_b, b_rx) = channel::<()>();
+    let (done_tx, done) = channel::<&str>();
+    let a_done = done_tx.clone();
+    let a = std::thread::spawn(move || {
+        drop(black_box(vec![1u8; MIB])); // A: up 1 MiB and down again
+        a_done.send("a freed").unwrap();
+        a_rx.recv().unwrap();
+        let again = black_box(vec![1u8; MIB]); // not a new high for A
+        a_done.send("a holds").unwrap();
+        a_rx.recv().unwrap();
+        drop(again);
+    });
+    assert_eq!(done.recv().unwrap(), "a freed");
+    let b = std::thread::spawn(move || {
+        let kept = black_box(vec![1u8; MIB]);
+        done_tx.send("b holds").unwrap();
+        b_rx.recv().unwrap();
+        drop(kept);
+    });
+    assert_eq!(done.recv().unwrap(), "b holds");
+    to_a.send(()).unwrap();
+    assert_eq!(done.recv().unwrap(), "a holds");
+    // Both blocks are live now: 2 MiB above the start, within a granule
+    // per thread (A, B, this one, and the harness's other test threads).
+    let peak = GLOBAL.stats().peak;
+    assert!(peak + 8 * heapprobe::GLOBAL_PEAK_GRANULE as usize >= start + 2 * MIB, "peak {peak}, start {start}");
+    to_a.send(()).unwrap();
+    to_b.send(()).unwrap();
+    a.join().unwrap();
+    b.join().unwrap();
+}
+
 #[test]
 fn freeing_other_threads_memory_never_makes_current_negative() {
     let blocks: Vec<Vec<u8>> = std::thread::spawn(|| (0..10).map(|_| vec![1u8; 1000]).collect()).join().unwrap();

@@ -57,6 +57,17 @@ fn add_event(counts: &mut Counts, probe: &str, args: &[u64]) {
         }
         "scope_begin" | "scope_end" => add(format!("{probe}[{}]", args[0]), 1),
         "alloc_failed" => add(format!("alloc_failed[{}][{}]", args[0], args[1]), 1),
+        // heapprobe::Local: keyed by instance id.
+        "local_alloc" | "local_dealloc" => {
+            add(format!("{probe}_n[{}]", args[0]), 1);
+            add(format!("{probe}_b[{}]", args[0]), args[2]);
+        }
+        "local_grow" | "local_shrink" => {
+            add(format!("{probe}_n[{}]", args[0]), 1);
+            add(format!("{probe}_old[{}]", args[0]), args[3]);
+            add(format!("{probe}_new[{}]", args[0]), args[4]);
+        }
+        "local_failed" => add(format!("local_failed[{}][{}][{}]", args[0], args[1], args[2]), 1),
         other => panic!("unexpected probe {other}"),
     }
 }
@@ -74,6 +85,11 @@ fn bpftrace_program(exe: &Path) -> String {
         p("scope_begin", "@scope_begin[arg0]++;"),
         p("scope_end", "@scope_end[arg0]++;"),
         p("alloc_failed", "@alloc_failed[arg0, arg1]++;"),
+        p("local_alloc", "@local_alloc_n[arg0]++; @local_alloc_b[arg0] += arg2;"),
+        p("local_dealloc", "@local_dealloc_n[arg0]++; @local_dealloc_b[arg0] += arg2;"),
+        p("local_grow", "@local_grow_n[arg0]++; @local_grow_old[arg0] += arg3; @local_grow_new[arg0] += arg4;"),
+        p("local_shrink", "@local_shrink_n[arg0]++; @local_shrink_old[arg0] += arg3; @local_shrink_new[arg0] += arg4;"),
+        p("local_failed", "@local_failed[arg0, arg1, arg2]++;"),
     ]
     .concat()
 }
@@ -212,7 +228,27 @@ fn assert_known_pattern(tool: &str, linker: Linker, counts: &Counts, fixture_std
     // failing_alloc: one failure of 2^46 bytes, align 8.
     assert_eq!(get(&format!("alloc_failed[{}][8]", 1u64 << 46)), 1, "{ctx}");
     assert_eq!(counts.keys().filter(|k| k.starts_with("alloc_failed")).count(), 1, "{ctx}");
-    // The kernel saw exactly the calls heapprobe counted in process.
+    // known_local: heapprobe::Local instance 4242 over an arena of its own,
+    // 20 × (allocate 64, grow 64->256, shrink 256->32, deallocate 32), one
+    // failed allocate of 2^20; exactly these local events, all with its id.
+    assert_eq!((get("local_alloc_n[4242]"), get("local_alloc_b[4242]")), (20, 1_280), "{ctx}");
+    assert_eq!(
+        (get("local_grow_n[4242]"), get("local_grow_old[4242]"), get("local_grow_new[4242]")),
+        (20, 1_280, 5_120),
+        "{ctx}"
+    );
+    assert_eq!(
+        (get("local_shrink_n[4242]"), get("local_shrink_old[4242]"), get("local_shrink_new[4242]")),
+        (20, 5_120, 640),
+        "{ctx}"
+    );
+    assert_eq!((get("local_dealloc_n[4242]"), get("local_dealloc_b[4242]")), (20, 640), "{ctx}");
+    assert_eq!(get(&format!("local_failed[4242][{}][16]", 1u64 << 20)), 1, "{ctx}");
+    let local_keys: Vec<&String> = counts.keys().filter(|k| k.starts_with("local_")).collect();
+    assert_eq!(local_keys.len(), 11, "local events of another instance, or of an unknown kind: {ctx}");
+    // The kernel saw exactly the calls heapprobe counted in process, so the
+    // global probes did not fire for the local calls either (the fixture
+    // asserts its arena never reached the global allocator).
     let own = reported(fixture_stderr);
     assert_eq!(get("alloc_total"), own["allocations"], "{ctx}");
     assert_eq!(get("dealloc_total"), own["deallocations"], "{ctx}");

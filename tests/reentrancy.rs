@@ -1,11 +1,15 @@
 //! The instrumented path never re-enters the global allocator.
 //!
 //! `Heapprobe::reentrant_calls` counts calls that arrive while the same
-//! thread is already inside the wrapper. Its bookkeeping (slot claim,
-//! pthread key, probes, counters) must never allocate, so after a workload
-//! that exercises every path, the count is 0. A positive control proves the
-//! detector works: an inner allocator that allocates through the global
-//! allocator is caught.
+//! thread is inside the wrapper's slow path: a thread's first call (which
+//! claims a slot: `mmap`, pthread key), every call inside a measured scope,
+//! and calls diverted for the profiler. All of heapprobe's code that calls
+//! out of line runs there; the fast path (anything else) calls nothing but
+//! the inner allocator and out-of-line counting functions (publications,
+//! new highs, failures), which the slow path runs too. So the workload below
+//! runs every such function inside measured scopes, and the count must stay
+//! 0. A positive control proves the detector works: an inner allocator that
+//! allocates through the global allocator is caught.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -43,9 +47,11 @@ static GLOBAL: Heapprobe<Misbehaving> = Heapprobe::new(Misbehaving);
 
 #[test]
 fn instrumented_path_never_reenters_and_the_detector_works() {
-    // Every path: first call of new threads (slot claim + pthread key),
-    // thread exit (key destructor), overflow-free churn, scopes, panics in
-    // scopes, reads, realloc, alloc_zeroed.
+    // Every path: first call of new threads (slot claim, a new block of
+    // slots + pthread key), thread exit (key destructor), churn, scopes,
+    // panics in scopes, reads, realloc, alloc_zeroed; and inside scopes, the
+    // out-of-line bookkeeping: new highs, publications of the net by a new
+    // high (256 KiB) and by frees (256 KiB in 1 KiB steps).
     let handles: Vec<_> = (0..64)
         .map(|i| {
             std::thread::spawn(move || {
@@ -56,6 +62,15 @@ fn instrumented_path_never_reenters_and_the_detector_works() {
                 }
                 let ((), s) = GLOBAL.measure(|| drop(black_box(vec![0u16; 10])));
                 assert_eq!(s.allocations, 1);
+                let ((), s) = GLOBAL.measure(|| {
+                    let big = black_box(vec![0u8; 256 << 10]);
+                    let small: Vec<Vec<u8>> = (0..256).map(|_| vec![0u8; 1024]).collect();
+                    drop(small);
+                    let mut v = vec![0u64; 4];
+                    v.extend(0..100_000);
+                    drop((big, v));
+                });
+                assert_eq!(s.allocations, 259);
                 let _ = std::panic::catch_unwind(|| GLOBAL.measure(|| panic!("inside a scope")));
                 black_box(GLOBAL.thread_stats());
             })

@@ -1,6 +1,6 @@
-//! Process-wide totals stay exact across 10,000 short-lived threads, more
-//! live threads than there are per-thread slots, and frees of blocks that
-//! other threads allocated.
+//! Process-wide totals stay exact across 10,000 short-lived threads, 1000
+//! live threads that each measure exactly at the same time, and frees of
+//! blocks that other threads allocated.
 //!
 //! The witness is the inner allocator itself: it counts every call it
 //! receives with shared atomics, independently of heapprobe's per-thread
@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Barrier};
 
-use heapprobe::{Heapprobe, MAX_THREADS};
+use heapprobe::{Heapprobe, Stats};
 
 /// System, counting what it is asked for.
 struct Witness {
@@ -82,6 +82,15 @@ fn assert_totals_match_witness(when: &str) {
     );
 }
 
+/// What each of the 1000 live threads measures: a block it keeps while it
+/// churns, then a short-lived one.
+fn scoped_work(i: usize) {
+    let kept = black_box(vec![0u8; 100 + i]);
+    churn(i);
+    drop(black_box(vec![1u16; 8]));
+    drop(kept);
+}
+
 fn churn(seed: usize) {
     let mut v: Vec<String> = Vec::new();
     for i in 0..(seed % 7 + 3) {
@@ -104,24 +113,69 @@ fn totals_are_exact_across_threads() {
     assert_totals_match_witness("after 10,000 short-lived threads");
     assert_eq!(GLOBAL.reentrant_calls(), 0);
 
-    // More live threads than slots: the extra ones count through the shared
-    // overflow block, and nothing is lost.
-    let live = MAX_THREADS + 64;
-    let barrier = Arc::new(Barrier::new(live));
-    let handles: Vec<_> = (0..live)
+    // Slots were reused: 50 threads at a time (plus the harness's two) fit
+    // in the first block of 64, which is all that was mapped.
+    assert_eq!(GLOBAL.slot_memory().0, 1, "short-lived threads' slots are reused");
+
+    // 1000 live threads, each measuring exactly while all the others are
+    // alive and allocating: every one gets its own slot (there used to be
+    // 256, and `measure` panicked on the rest).
+    const LIVE: usize = 1000;
+    let all_alive = Arc::new(Barrier::new(LIVE + 1));
+    let all_measured = Arc::new(Barrier::new(LIVE + 1));
+    let handles: Vec<_> = (0..LIVE)
         .map(|i| {
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                churn(i);
-                barrier.wait();
-                churn(i + 1);
-            })
+            let (all_alive, all_measured) = (all_alive.clone(), all_measured.clone());
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    churn(i);
+                    all_alive.wait();
+                    let before = GLOBAL.thread_stats();
+                    let ((), stats) = GLOBAL.measure(|| scoped_work(i));
+                    let during = GLOBAL.thread_stats() - before;
+                    all_measured.wait();
+                    (stats, during)
+                })
+                .unwrap()
         })
         .collect();
-    for h in handles {
-        h.join().unwrap();
+    all_alive.wait();
+    all_measured.wait();
+    assert!(GLOBAL.slot_memory().0 >= LIVE / 64, "{:?}", GLOBAL.slot_memory());
+    for (i, h) in handles.into_iter().enumerate() {
+        let (stats, during) = h.join().unwrap();
+        // Ground truth: churn's calls (measured alone) plus the two known
+        // blocks; and the same work measured again here, on a quiet thread,
+        // must give the very same Stats, histograms included (but not
+        // realloc moves: whether a block grows in place depends on where
+        // the allocator put it).
+        let c = GLOBAL.measure(|| churn(i)).1;
+        let six = |s: &Stats| {
+            (s.allocations, s.deallocations, s.reallocations, s.bytes_allocated, s.bytes_deallocated, s.current)
+        };
+        assert_eq!(
+            six(&stats),
+            (
+                c.allocations + 2,
+                c.deallocations + 2,
+                c.reallocations,
+                c.bytes_allocated + 100 + i + 16,
+                c.bytes_deallocated + 100 + i + 16,
+                0
+            ),
+            "thread {i}"
+        );
+        assert_eq!(stats.peak, 100 + i + c.peak.max(16), "thread {i}");
+        let unmoved = |s: Stats| Stats { reallocations_moved: 0, bytes_moved: 0, ..s };
+        assert_eq!(unmoved(stats), unmoved(GLOBAL.measure(|| scoped_work(i)).1), "thread {i}");
+        // The thread's own figures moved by exactly the scope's.
+        assert_eq!((during.allocations, during.bytes_allocated), (stats.allocations, stats.bytes_allocated));
     }
-    assert_totals_match_witness("after more live threads than slots");
+    assert_totals_match_witness("after 1000 live measuring threads");
+    // Memory for 1000 live threads (plus the harness's): 16 blocks of 64.
+    let (blocks, bytes) = GLOBAL.slot_memory();
+    assert_eq!(blocks, (LIVE + 2).div_ceil(64), "{bytes} bytes mapped");
 
     // Cross-thread frees: producers allocate, one consumer frees everything.
     let (tx, rx) = mpsc::channel::<Vec<u8>>();

@@ -29,7 +29,12 @@ fn the_definition_declares_the_documented_provider() {
             "realloc_locked",
             "scope_begin",
             "scope_end",
-            "alloc_failed"
+            "alloc_failed",
+            "local_alloc",
+            "local_dealloc",
+            "local_grow",
+            "local_shrink",
+            "local_failed"
         ]
     );
     let d = fs::read_to_string(root().join("probes/heapprobe.d")).unwrap();
@@ -84,6 +89,15 @@ fn this_binary_has_the_probes_of_its_backend() {
     // Make sure the scope probes are linked in.
     let ((), stats) = GLOBAL.measure(|| drop(std::hint::black_box(vec![1u8])));
     assert_eq!(stats.allocations, 1);
+    // And the local ones (`heapprobe::Local`: every method, one failure).
+    let local = heapprobe::Local::new(allocator_api2::alloc::Global);
+    let mut v = allocator_api2::vec::Vec::<u8, _>::with_capacity_in(1, &local);
+    v.extend([1, 2, 3]);
+    v.shrink_to_fit();
+    drop(v);
+    let huge = std::alloc::Layout::from_size_align(1 << 46, 8).unwrap();
+    assert!(allocator_api2::alloc::Allocator::allocate(&local, huge).is_err());
+    assert_eq!(local.stats().allocation_failures, 1);
     let binary = Binary::open("/proc/self/exe").unwrap();
     let ours: Vec<&str> = binary.valid_probes(Some("heapprobe")).map(|p| p.name.as_str()).collect();
     if BACKEND == "none" {

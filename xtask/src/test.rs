@@ -2,6 +2,7 @@
 
 mod current_bpftrace;
 mod repeat;
+mod valgrind;
 
 use std::path::Path;
 use std::process::Command;
@@ -53,10 +54,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     prepare_tracing(args.no_install, !args.no_current_bpftrace)?;
     let root = project_root();
-    let suites: [(&str, &[&str]); 3] = [
+    let suites: [(&str, &[&str]); 4] = [
         ("default features", &["--workspace"]),
         ("probes compiled out", &["--package", "heapprobe", "--no-default-features"]),
         ("serde", &["--package", "heapprobe", "--features", "serde", "--test", "serde"]),
+        ("server (the endpoint)", &["--package", "heapprobe", "--features", "server", "--lib", "--test", "endpoint_*"]),
     ];
     let cargo_test = |flags: &[&str]| {
         let mut cmd = Command::new(crate::util::cargo());
@@ -70,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("\n==> cargo test, {name}");
         exec(&mut cargo_test(flags))?;
     }
+    valgrind::run(!args.no_install)?;
     if args.no_current_bpftrace {
         eprintln!("\nskipping the scripts and trace tests with a current bpftrace (--no-current-bpftrace)");
     } else if !is_root() {
