@@ -1,4 +1,4 @@
-//! `cargo xtask doctor`: whether this machine can trace, and whether a binary
+//! `cargo heapprobe doctor`: whether this machine can trace, and whether a binary
 //! is traceable. Every problem comes with the exact command that fixes it.
 
 use std::path::Path;
@@ -8,15 +8,18 @@ use anyhow::bail;
 use heapprobe_sdt::{Binary, Site};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 
-use crate::target::InspectArgs;
+use crate::target::Inspect;
 use crate::trace::PROVIDER;
 use crate::util::{self, Privileges};
 
-/// Options of `cargo xtask doctor`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// Options of `cargo heapprobe doctor`.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Options {
+    /// The binary to check too (a PATH, a running process, or a target to
+    /// build). Default: the machine only.
     #[command(flatten)]
-    binary: InspectArgs,
+    pub binary: Inspect,
 }
 
 /// The outcome of one check.
@@ -73,7 +76,10 @@ impl Report {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Checks the machine (and the binary, if one is named), prints every check
+/// with its fix, and fails when a check failed (warnings do not).
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let args = options;
     let mut report = Report::default();
     check_system(&mut report);
     let exe = args.binary.exe()?;
@@ -87,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (warnings, failures) = (report.count(Status::Warn), report.count(Status::Fail));
     println!("\n{} ok, {warnings} warning(s), {failures} failure(s)", report.count(Status::Ok));
     if failures > 0 {
-        bail!("{failures} check(s) failed: run the fixes above, then `cargo xtask doctor` again");
+        bail!("{failures} check(s) failed: run the fixes above, then `cargo heapprobe doctor` again");
     }
     Ok(())
 }
@@ -179,7 +185,7 @@ fn check_system(report: &mut Report) {
 }
 
 /// Uprobe groups left by heapprobe runs that were killed, and what holds
-/// them: `cargo xtask trace` removes the free ones at its start, and leaves
+/// them: `cargo heapprobe trace` removes the free ones at its start, and leaves
 /// (naming the holder) those an orphaned recorder still has open.
 fn check_stale_groups(report: &mut Report) {
     let groups = match heapprobe_sdt::stale_groups() {
@@ -205,7 +211,7 @@ fn check_stale_groups(report: &mut Report) {
             report.warn(
                 "stale uprobes",
                 detail,
-                "`cargo xtask trace` removes it when it starts (once nothing holds it open)",
+                "`cargo heapprobe trace` removes it when it starts (once nothing holds it open)",
             );
         } else {
             let pids: Vec<String> = group.holders.iter().map(|h| h.pid.to_string()).collect();
@@ -213,7 +219,7 @@ fn check_stale_groups(report: &mut Report) {
                 "stale uprobes",
                 detail,
                 format!(
-                    "`kill {}` (a recorder orphaned by the killed run); the next `cargo xtask trace` then removes \
+                    "`kill {}` (a recorder orphaned by the killed run); the next `cargo heapprobe trace` then removes \
                      the group. It does not block other runs: each uses a group of its own",
                     pids.join(" ")
                 ),
@@ -223,7 +229,7 @@ fn check_stale_groups(report: &mut Report) {
 }
 
 const TRACEFS_FIX: &str =
-    "`mount -t tracefs nodev /sys/kernel/tracing` as root (`cargo xtask trace` does it when root)";
+    "`mount -t tracefs nodev /sys/kernel/tracing` as root (`cargo heapprobe trace` does it when root)";
 
 /// The innermost cause's message.
 fn source_of(error: &dyn std::error::Error) -> String {
@@ -308,9 +314,9 @@ fn check_binary(report: &mut Report, exe: &Path) {
             "bogus sites",
             format!(
                 "{bogus} heapprobe notes point outside executable code (left by code the linker discarded): \
-                 `cargo xtask trace` and bpftrace skip them, `perf probe sdt_heapprobe:*` registers them"
+                 `cargo heapprobe trace` and bpftrace skip them, `perf probe sdt_heapprobe:*` registers them"
             ),
-            "trace with `cargo xtask trace` or bpftrace `usdt:` probes, not `perf probe sdt_heapprobe:*`",
+            "trace with `cargo heapprobe trace` or bpftrace `usdt:` probes, not `perf probe sdt_heapprobe:*`",
         );
     }
 
@@ -322,7 +328,7 @@ fn check_binary(report: &mut Report, exe: &Path) {
                  sdt_heapprobe:*` would misplace every probe by that much (0 events, and a crashed target)",
                 code.vaddr.wrapping_sub(code.offset)
             ),
-            "trace with `cargo xtask trace` (places probes itself) or bpftrace; or link with \
+            "trace with `cargo heapprobe trace` (places probes itself) or bpftrace; or link with \
              `-C link-arg=-Wl,-z,separate-loadable-segments` if you must use `perf probe sdt_…`",
         ),
         None => report.ok("layout", "code vaddr = file offset: even naive `perf probe sdt_…` places probes right"),
@@ -381,6 +387,45 @@ const TOOLCHAIN_CRATES: [&str; 17] = [
     "cfg_if",
 ];
 
+/// How many of an x86-64 ELF binary's own Rust functions there are (the
+/// toolchain's precompiled crates left out), and how many of them set up a
+/// frame pointer (`push %rbp; mov %rsp,%rbp`, after an optional `endbr64`).
+/// `None` for other files.
+pub fn frame_pointers(data: &[u8]) -> Option<(u32, u32)> {
+    let file = object::File::parse(data).ok()?;
+    if file.architecture() != object::Architecture::X86_64 {
+        return None;
+    }
+    let (mut own, mut with_fp) = (0u32, 0u32);
+    for symbol in file.symbols().filter(|s| s.kind() == SymbolKind::Text && s.size() > 0) {
+        let Ok(name) = symbol.name() else { continue };
+        let demangled = crate::flame::demangle(name);
+        // `<T as Trait>::f` may be the toolchain's for any crate's type:
+        // only plain paths say whose code it is.
+        let krate = demangled.split("::").next().unwrap_or_default();
+        if !(name.starts_with("_ZN") || name.starts_with("_R"))
+            || demangled.starts_with('<')
+            || TOOLCHAIN_CRATES.contains(&krate)
+        {
+            continue;
+        }
+        let Some(code) = symbol
+            .section_index()
+            .and_then(|i| file.section_by_index(i).ok())
+            .and_then(|s| Some((s.address(), s.data().ok()?)))
+            .and_then(|(start, bytes)| bytes.get(usize::try_from(symbol.address().checked_sub(start)?).ok()?..))
+        else {
+            continue;
+        };
+        own += 1;
+        let code = code.strip_prefix(&[0xf3, 0x0f, 0x1e, 0xfa]).unwrap_or(code);
+        if code.starts_with(&[0x55, 0x48, 0x89, 0xe5]) {
+            with_fp += 1;
+        }
+    }
+    Some((own, with_fp))
+}
+
 /// Frame pointers (x86-64 prologues of the binary's own functions) and
 /// debuginfo.
 fn check_code(report: &mut Report, data: &[u8]) {
@@ -397,35 +442,7 @@ fn check_code(report: &mut Report, data: &[u8]) {
         );
         return;
     }
-    if file.architecture() == object::Architecture::X86_64 {
-        let (mut own, mut with_fp) = (0u32, 0u32);
-        for symbol in &functions {
-            let Ok(name) = symbol.name() else { continue };
-            let demangled = crate::flame::demangle(name);
-            // `<T as Trait>::f` may be the toolchain's for any crate's type:
-            // only plain paths say whose code it is.
-            let krate = demangled.split("::").next().unwrap_or_default();
-            if !(name.starts_with("_ZN") || name.starts_with("_R"))
-                || demangled.starts_with('<')
-                || TOOLCHAIN_CRATES.contains(&krate)
-            {
-                continue;
-            }
-            let Some(code) = symbol
-                .section_index()
-                .and_then(|i| file.section_by_index(i).ok())
-                .and_then(|s| Some((s.address(), s.data().ok()?)))
-                .and_then(|(start, bytes)| bytes.get(usize::try_from(symbol.address().checked_sub(start)?).ok()?..))
-            else {
-                continue;
-            };
-            own += 1;
-            // Optional endbr64, then push %rbp; mov %rsp,%rbp.
-            let code = code.strip_prefix(&[0xf3, 0x0f, 0x1e, 0xfa]).unwrap_or(code);
-            if code.starts_with(&[0x55, 0x48, 0x89, 0xe5]) {
-                with_fp += 1;
-            }
-        }
+    if let Some((own, with_fp)) = frame_pointers(data) {
         let share = if own == 0 { 0.0 } else { f64::from(with_fp) * 100.0 / f64::from(own) };
         if own == 0 {
             report.warn("frame pointers", "no Rust functions of its own to check", "nothing to do");
@@ -438,7 +455,7 @@ fn check_code(report: &mut Report, data: &[u8]) {
                     "only {with_fp} of its {own} own functions ({share:.0}%) set up a frame pointer: \
                      frame-pointer stacks (perf `--call-graph fp`, bpftrace `ustack`) will skip callers"
                 ),
-                "build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (`cargo xtask trace` does), or trace it \
+                "build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (`cargo heapprobe trace` does), or trace it \
                  with `--call-graph dwarf`",
             );
         }
@@ -450,7 +467,7 @@ fn check_code(report: &mut Report, data: &[u8]) {
         report.warn(
             "debuginfo",
             "no .debug_info: names come from the symbol table alone (no inlined frames, no file:line)",
-            "add `debug = \"line-tables-only\"` to the profile you ship (`cargo xtask trace` builds with debuginfo)",
+            "add `debug = \"line-tables-only\"` to the profile you ship (`cargo heapprobe trace` builds with debuginfo)",
         );
     }
 }

@@ -20,7 +20,7 @@ fn run(cmd: &mut Command) -> (Output, String, String) {
 }
 
 fn doctor(args: &[&str]) -> (Output, String, String) {
-    run(Command::new(env!("CARGO_BIN_EXE_xtask")).current_dir(root()).arg("doctor").args(args))
+    run(Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe")).current_dir(root()).arg("doctor").args(args))
 }
 
 /// The report line of check `name` (`ok    name   detail`).
@@ -54,7 +54,7 @@ fn doctor_reports_each_binary_property_with_its_fix() {
     assert!(line(&stdout, "frame pointers").starts_with("ok "));
     assert!(line(&stdout, "debuginfo").starts_with("ok "));
     assert!(line(&stdout, "layout").starts_with("WARN ") && line(&stdout, "layout").contains("0x1000"));
-    assert!(fix(&stdout, "layout").contains("cargo xtask trace"));
+    assert!(fix(&stdout, "layout").contains("cargo heapprobe trace"));
     assert!(fix(&stdout, "layout").contains("-Wl,-z,separate-loadable-segments"));
     assert!(stdout.contains("0 failure(s)"));
 
@@ -74,7 +74,7 @@ fn doctor_reports_each_binary_property_with_its_fix() {
     assert!(line(&stdout, "semaphores").starts_with("ok ") && line(&stdout, "semaphores").contains("guarded sites"));
 
     // No probes: a failure, a non-zero exit, and what to do.
-    let (out, stdout, stderr) = doctor(&[env!("CARGO_BIN_EXE_xtask")]);
+    let (out, stdout, stderr) = doctor(&[env!("CARGO_BIN_EXE_cargo-heapprobe")]);
     assert!(!out.status.success());
     assert!(line(&stdout, "probes").starts_with("FAIL "));
     assert!(fix(&stdout, "probes").contains("`#[global_allocator]`"));
@@ -109,7 +109,7 @@ fn doctor_names_missing_privileges_and_tools() {
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(format!("--inh-caps={caps}"))
             .arg(format!("--ambient-caps={caps}"))
-            .arg(env!("CARGO_BIN_EXE_xtask"))
+            .arg(env!("CARGO_BIN_EXE_cargo-heapprobe"))
             .arg("doctor")
             .current_dir("/");
         cmd
@@ -136,7 +136,7 @@ fn doctor_names_missing_privileges_and_tools() {
 }
 
 fn doctor_with_env(vars: &[(&str, &str)]) -> (Output, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe"));
     cmd.current_dir(root()).arg("doctor").envs(vars.iter().copied());
     run(&mut cmd)
 }
@@ -147,7 +147,7 @@ fn xtask_in_namespace(setup: &str, args: &[&str]) -> (Output, String, String) {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!("{setup} && exec \"$0\" \"$@\""))
-        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .arg(env!("CARGO_BIN_EXE_cargo-heapprobe"))
         .args(args)
         .current_dir(root());
     run(&mut cmd)

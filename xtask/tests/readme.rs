@@ -8,7 +8,7 @@ const SUBCOMMANDS: [&str; 6] = ["trace", "probes", "doctor", "fold", "bench", "t
 #[test]
 fn every_subcommand_and_flag_is_in_the_readme() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let top = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("--help").output().unwrap();
+    let top = Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe")).arg("--help").output().unwrap();
     let top = String::from_utf8_lossy(&top.stdout);
     let mut missing = Vec::new();
     for sub in SUBCOMMANDS {
@@ -16,7 +16,7 @@ fn every_subcommand_and_flag_is_in_the_readme() {
         if !readme.contains(&format!("### `cargo xtask {sub}`")) {
             missing.push(format!("a `### `cargo xtask {sub}`` section"));
         }
-        let help = Command::new(env!("CARGO_BIN_EXE_xtask")).args([sub, "--help"]).output().unwrap();
+        let help = Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe")).args([sub, "--help"]).output().unwrap();
         assert!(help.status.success());
         let help = String::from_utf8_lossy(&help.stdout);
         let flags: Vec<&str> = help

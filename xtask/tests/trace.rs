@@ -17,7 +17,7 @@ use support::{assert_no_heapprobe_uprobes, root, tracing_available, TempDir};
 static KERNEL: Mutex<()> = Mutex::new(());
 
 fn xtask() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe"));
     cmd.current_dir(root());
     cmd
 }
@@ -169,7 +169,7 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
     // Not root and no capabilities: says what is needed.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .arg(env!("CARGO_BIN_EXE_cargo-heapprobe"))
         .args(["trace", "--pid", "1", "-o", "/tmp/never.svg"])
         .output()
         .expect("setpriv (util-linux)");
@@ -305,7 +305,7 @@ fn a_user_with_two_capabilities_traces_their_own_process() {
     BufReader::new(service.stderr.take().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
     let pid = service.id().to_string();
-    let xtask = Path::new(env!("CARGO_BIN_EXE_xtask"));
+    let xtask = Path::new(env!("CARGO_BIN_EXE_cargo-heapprobe"));
     let svg = tmp.path().join("caps.svg");
     let traced = as_nobody("+perfmon,+dac_override", xtask)
         .args(["trace", "--pid", &pid, "--duration", "1", "--weight", "count", "-o", svg.to_str().unwrap()])
@@ -381,7 +381,7 @@ fn probes_lists_the_sites_of_a_binary() {
     }
     assert!(stdout.contains("would misplace these probes"), "the rust-lld layout note");
 
-    let out = run(&["probes", env!("CARGO_BIN_EXE_xtask")]);
+    let out = run(&["probes", env!("CARGO_BIN_EXE_cargo-heapprobe")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no heapprobe probes in"));
 }

@@ -25,7 +25,8 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use cargo_metadata::Message;
 
-use crate::util::{cargo, display, has_tool, is_root, project_root, require_tool};
+use crate::project_root;
+use heapprobe_cli::util::{cargo, display, has_tool, is_root, require_tool};
 
 /// The library's test binaries checked (cargo target names; `heapprobe` is
 /// the library's unit tests).
@@ -289,8 +290,8 @@ fn leak_sanitizer(root: &Path, built: &[(String, PathBuf)], install: bool) -> an
         Some(runtime) => runtime,
         None if install && is_root() => {
             eprintln!("==> installing {LSAN_PACKAGE} (clang's sanitizer runtimes) with apt-get (we are root)");
-            crate::util::exec(Command::new("apt-get").arg("update").arg("-q"))?;
-            crate::util::exec(
+            heapprobe_cli::util::exec(Command::new("apt-get").arg("update").arg("-q"))?;
+            heapprobe_cli::util::exec(
                 Command::new("apt-get").args(["install", "-y", "-q", LSAN_PACKAGE]).env("DEBIAN_FRONTEND", "noninteractive"),
             )?;
             asan_runtime().context("libclang_rt.asan-x86_64.so is still missing after installing it")?

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use cargo_metadata::Message;
 
-use crate::util::{cargo, display, project_root};
+use crate::project_root;
+use heapprobe_cli::util::{cargo, display};
 
 /// A test binary cargo built.
 struct TestBinary {
