@@ -382,14 +382,18 @@ mod tests {
             "main;it_works::build_inventory;alloc::vec::Vec<T>::with_capacity"
         );
         assert_eq!(
-            trim("main;it_works::build_inventory;alloc::boxed::box_new_uninit;alloc::alloc::Global::alloc_impl_runtime;\
-                  __rustc::__rust_alloc;<heapprobe::alloc::Heapprobe<A> as core::alloc::global::GlobalAlloc>::alloc"),
+            trim(
+                "main;it_works::build_inventory;alloc::boxed::box_new_uninit;alloc::alloc::Global::alloc_impl_runtime;\
+                  __rustc::__rust_alloc;<heapprobe::alloc::Heapprobe<A> as core::alloc::global::GlobalAlloc>::alloc"
+            ),
             "main;it_works::build_inventory;alloc::boxed::box_new_uninit"
         );
         // A user's impl of a std trait is the user's code.
         assert_eq!(
-            trim("main;<app::Doc as core::clone::Clone>::clone;<alloc::string::String as core::clone::Clone>::clone;\
-                  <[T] as alloc::slice::hack::ConvertVec>::to_vec;alloc::alloc::alloc;__rust_alloc"),
+            trim(
+                "main;<app::Doc as core::clone::Clone>::clone;<alloc::string::String as core::clone::Clone>::clone;\
+                  <[T] as alloc::slice::hack::ConvertVec>::to_vec;alloc::alloc::alloc;__rust_alloc"
+            ),
             "main;<app::Doc as core::clone::Clone>::clone;<alloc::string::String as core::clone::Clone>::clone"
         );
         // Unknown frames and stacks of allocator frames only.
@@ -402,7 +406,10 @@ mod tests {
     #[test]
     fn frames_belong_to_crates() {
         assert_eq!(crate_of("alloc::vec::Vec<T,A>::push"), Some("alloc"));
-        assert_eq!(crate_of("<heapprobe::alloc::Heapprobe<A> as core::alloc::global::GlobalAlloc>::alloc"), Some("heapprobe"));
+        assert_eq!(
+            crate_of("<heapprobe::alloc::Heapprobe<A> as core::alloc::global::GlobalAlloc>::alloc"),
+            Some("heapprobe")
+        );
         assert_eq!(crate_of("<[T] as alloc::slice::hack::ConvertVec>::to_vec"), Some("alloc"));
         assert_eq!(crate_of("<alloc::vec::Vec<T,A> as core::ops::drop::Drop>::drop"), Some("alloc"));
         assert_eq!(crate_of("<app::X<[u8; 4]> as core::fmt::Debug>::fmt"), Some("app"));
@@ -414,8 +421,14 @@ mod tests {
     #[test]
     fn trimming_merges_the_stacks_that_become_the_same() {
         let mut folded = Folded::default();
-        folded.add(&stack(&["heapprobe::a", "__rust_alloc", "alloc::raw_vec::x", "alloc::vec::Vec<T>::push", "app::f"]), 8);
-        folded.add(&stack(&["heapprobe::a", "__rust_realloc", "alloc::raw_vec::y", "alloc::vec::Vec<T>::push", "app::f"]), 16);
+        folded.add(
+            &stack(&["heapprobe::a", "__rust_alloc", "alloc::raw_vec::x", "alloc::vec::Vec<T>::push", "app::f"]),
+            8,
+        );
+        folded.add(
+            &stack(&["heapprobe::a", "__rust_realloc", "alloc::raw_vec::y", "alloc::vec::Vec<T>::push", "app::f"]),
+            16,
+        );
         folded.trim_allocator_frames();
         assert_eq!(folded.lines(), ["app::f;alloc::vec::Vec<T>::push 24"]);
         assert_eq!(folded.total, 24);

@@ -368,7 +368,8 @@ impl Workspace {
                 names()
             );
         }
-        let mut all: Vec<&Package> = self.members().into_iter().filter(|p| self.users.contains(p.name.as_str())).collect();
+        let mut all: Vec<&Package> =
+            self.members().into_iter().filter(|p| self.users.contains(p.name.as_str())).collect();
         if let Some(current) = &self.current {
             if let Some(at) = all.iter().position(|p| p.name.as_str() == current) {
                 let package = all.remove(at);
@@ -400,7 +401,10 @@ fn heapprobe_users(metadata: &Metadata) -> BTreeSet<String> {
             }
             let uses = node.deps.iter().any(|dep| {
                 users.contains(&dep.pkg)
-                    && dep.dep_kinds.iter().any(|k| matches!(k.kind, DependencyKind::Normal | DependencyKind::Development))
+                    && dep
+                        .dep_kinds
+                        .iter()
+                        .any(|k| matches!(k.kind, DependencyKind::Normal | DependencyKind::Development))
             });
             if uses {
                 users.insert(&node.id);
@@ -418,21 +422,20 @@ pub fn build(target: &Target, options: &Build, verbose: bool) -> anyhow::Result<
     let workspace = Workspace::load(options.manifest_path.as_deref())?;
     let candidates = workspace.candidates(options.package.as_deref())?;
 
-    let (kind, name, cargo_flags, label): (TargetKind, Option<&str>, Vec<&str>, String) = if let Some(name) =
-        &target.test
-    {
-        (TargetKind::Test, Some(name), vec!["test", "--no-run", "--test", name], format!("test {name}"))
-    } else if let Some(name) = &target.bin {
-        (TargetKind::Bin, Some(name), vec!["build", "--bin", name], format!("bin {name}"))
-    } else if let Some(name) = &target.example {
-        (TargetKind::Example, Some(name), vec!["build", "--example", name], format!("example {name}"))
-    } else if let Some(name) = &target.bench {
-        (TargetKind::Bench, Some(name), vec!["test", "--no-run", "--bench", name], format!("bench {name}"))
-    } else if target.lib {
-        (TargetKind::Lib, None, vec!["test", "--no-run", "--lib"], String::from("lib tests"))
-    } else {
-        bail!("choose what to trace: --test NAME, --bin NAME, --example NAME, --bench NAME, --lib or --pid PID");
-    };
+    let (kind, name, cargo_flags, label): (TargetKind, Option<&str>, Vec<&str>, String) =
+        if let Some(name) = &target.test {
+            (TargetKind::Test, Some(name), vec!["test", "--no-run", "--test", name], format!("test {name}"))
+        } else if let Some(name) = &target.bin {
+            (TargetKind::Bin, Some(name), vec!["build", "--bin", name], format!("bin {name}"))
+        } else if let Some(name) = &target.example {
+            (TargetKind::Example, Some(name), vec!["build", "--example", name], format!("example {name}"))
+        } else if let Some(name) = &target.bench {
+            (TargetKind::Bench, Some(name), vec!["test", "--no-run", "--bench", name], format!("bench {name}"))
+        } else if target.lib {
+            (TargetKind::Lib, None, vec!["test", "--no-run", "--lib"], String::from("lib tests"))
+        } else {
+            bail!("choose what to trace: --test NAME, --bin NAME, --example NAME, --bench NAME, --lib or --pid PID");
+        };
 
     let package = match name {
         Some(name) => owner(&workspace, &candidates, &kind, name)?,
@@ -469,7 +472,14 @@ fn other_kind_named(packages: &[&Package], name: &str) -> Option<String> {
 }
 
 /// The runnable executable, with cargo's environment for it.
-fn built(workspace: &Workspace, package: PackageId, exe: PathBuf, args: Vec<String>, label: String, test: bool) -> Built {
+fn built(
+    workspace: &Workspace,
+    package: PackageId,
+    exe: PathBuf,
+    args: Vec<String>,
+    label: String,
+    test: bool,
+) -> Built {
     let package = workspace.metadata.packages.iter().find(|p| p.id == package);
     let mut env = Vec::new();
     let mut dir = None;
@@ -515,7 +525,10 @@ fn build_test_filter(
     // prefers the package of the current directory).
     if matches.len() > 1 {
         let first = candidates.first().map(|p| p.id.clone());
-        if candidates.len() > 1 && workspace.current.is_some() && matches.iter().filter(|m| Some(&m.1) == first.as_ref()).count() == 1 {
+        if candidates.len() > 1
+            && workspace.current.is_some()
+            && matches.iter().filter(|m| Some(&m.1) == first.as_ref()).count() == 1
+        {
             matches.retain(|m| Some(&m.1) == first.as_ref());
         }
     }
@@ -574,7 +587,8 @@ fn owner<'w>(
     match owners.as_slice() {
         [] if *kind == TargetKind::Test => Ok(None),
         [] => {
-            let names = candidates.iter().flat_map(|p| &p.targets).filter(|t| t.kind.contains(kind)).map(|t| t.name.as_str());
+            let names =
+                candidates.iter().flat_map(|p| &p.targets).filter(|t| t.kind.contains(kind)).map(|t| t.name.as_str());
             bail!("no {kind} target named {name:?} {}{}", workspace.describe(candidates), closest(name, names))
         }
         [one] => Ok(Some(one)),

@@ -275,10 +275,9 @@ impl Recorded {
                 self.parsed_events,
                 self.parsed_total.unwrap_or(0)
             )),
-            (Some(events), None) => lines.push(format!(
-                "recorded: {events} {}; {} events read back by perf script",
-                self.source, self.parsed_events
-            )),
+            (Some(events), None) => {
+                lines.push(format!("recorded: {events} {}; {} events read back", self.source, self.parsed_events))
+            }
             (None, _) => lines.push(String::from(
                 "recorded: unknown (a text capture without a heapprobe-capture line: fold the perf.data itself, or \
                  a capture written by scripts/perf-flamegraph.sh, to check the totals against perf's own count)",

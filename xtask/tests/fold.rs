@@ -12,7 +12,8 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn fold(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe")).arg("fold").args(args).output().expect("run the xtask");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe")).arg("fold").args(args).output().expect("run the xtask");
     eprintln!(
         "$ cargo xtask fold {}\n--- stdout\n{}--- stderr\n{}",
         args.join(" "),

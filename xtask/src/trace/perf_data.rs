@@ -139,11 +139,8 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
             path.display()
         ),
     };
-    let events: Vec<Event> = perf_file
-        .event_attributes()
-        .iter()
-        .map(|attr| Event::new(&attr.attr.type_, attr.name(), &formats))
-        .collect();
+    let events: Vec<Event> =
+        perf_file.event_attributes().iter().map(|attr| Event::new(&attr.attr.type_, attr.name(), &formats)).collect();
     let mut files = Files::default();
     let build_ids: HashMap<PathBuf, Vec<u8>> = perf_file
         .build_ids()
@@ -160,8 +157,9 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
     let mut frames: Vec<u32> = Vec::with_capacity(128);
     let mut filtered = 0u64;
     let where_ = |n: u64| format!("{}, sample {n}", path.display());
-    while let Some(record) =
-        record_iter.next_record(&mut perf_file).with_context(|| format!("{}: a record is unreadable", path.display()))?
+    while let Some(record) = record_iter
+        .next_record(&mut perf_file)
+        .with_context(|| format!("{}: a record is unreadable", path.display()))?
     {
         let (attr_index, record) = match record {
             PerfFileRecord::EventRecord { attr_index, record } => (attr_index, record),
@@ -181,14 +179,21 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
             EventRecord::Sample(sample) => {
                 decoded.samples += 1;
                 let event = events.get(attr_index).with_context(|| {
-                    format!("{}: a sample of event #{attr_index}, which the file does not describe", where_(decoded.samples))
+                    format!(
+                        "{}: a sample of event #{attr_index}, which the file does not describe",
+                        where_(decoded.samples)
+                    )
                 })?;
                 *decoded.probes.entry(event.name.clone()).or_insert(0) += 1;
                 if probe.is_some_and(|want| event.probe.as_deref() != Some(want)) || event.probe.is_none() {
                     continue;
                 }
                 let raw = sample.raw.map(|r| r.as_slice()).with_context(|| {
-                    format!("{}: a {} sample without its arguments (recorded without PERF_SAMPLE_RAW)", where_(decoded.samples), event.name)
+                    format!(
+                        "{}: a {} sample without its arguments (recorded without PERF_SAMPLE_RAW)",
+                        where_(decoded.samples),
+                        event.name
+                    )
                 })?;
                 let get = |arg: &str| event.arg(&raw, arg);
                 if let Some(want) = id {
@@ -197,9 +202,9 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
                         continue;
                     }
                 }
-                let w = weight.of(event.probe.as_deref().unwrap_or_default(), &get).map_err(|why| {
-                    anyhow::anyhow!("{}: heapprobe:{} {why}", where_(decoded.samples), event.name)
-                })?;
+                let w = weight
+                    .of(event.probe.as_deref().unwrap_or_default(), &get)
+                    .map_err(|why| anyhow::anyhow!("{}: heapprobe:{} {why}", where_(decoded.samples), event.name))?;
                 let Some(chain) = sample.callchain else {
                     bail!(
                         "{}: a {} sample without a call stack: record with --call-graph (fp or dwarf)",
