@@ -345,10 +345,29 @@ fn check_binary(report: &mut Report, exe: &Path) {
             })
             .map(|(p, sem)| format!("{}@{sem:#x}", p.name))
             .collect();
-        if unsafe_ones.is_empty() {
+        let mut shared: Vec<String> = semaphores
+            .iter()
+            .filter_map(|(_, sem)| {
+                shared_relro_page(&binary.segments, *sem).map(|page| format!("{sem:#x} (file page {page:#x})"))
+            })
+            .collect();
+        shared.dedup();
+        if unsafe_ones.is_empty() && shared.is_empty() {
             report.ok(
                 "semaphores",
                 format!("{} guarded sites, semaphores file-backed in writable data", semaphores.len()),
+            );
+        } else if unsafe_ones.is_empty() {
+            report.fail(
+                "semaphores",
+                format!(
+                    "in a file page that an earlier writable segment (RELRO) maps too: the kernel arms the RELRO copy \
+                     of the semaphore, so the guarded sites stay dark under perf and bpftrace -c (0 events): {}",
+                    shared.join(", ")
+                ),
+                "link with `-C link-arg=-Wl,-z,separate-loadable-segments`, or put a few KiB of initialised data \
+                 before the semaphores, or build with the default `probe` feature (no semaphores); `bpftrace -p PID` \
+                 sets them itself and is not affected (DEVELOPERS.md, trap 4)",
             );
         } else {
             report.fail(
@@ -363,6 +382,23 @@ fn check_binary(report: &mut Report, exe: &Path) {
         Ok(data) => check_code(report, &data),
         Err(e) => report.fail("debuginfo", format!("cannot read {}: {e}", exe.display()), "check permissions"),
     }
+}
+
+/// The file page (offset) of the semaphore at `vaddr` when an earlier
+/// writable PT_LOAD's file range also covers that page: rust-lld starts the
+/// data segment in the file page where the RELRO segment's file range ends,
+/// so the page is mapped twice, and the kernel adds a uprobe's reference
+/// count in the first writable mapping that covers the file offset, RELRO's
+/// copy (DEVELOPERS.md, trap 4). `None` when the semaphore's page is its
+/// segment's alone.
+pub fn shared_relro_page(segments: &[heapprobe_sdt::Segment], vaddr: u64) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let own = segments.iter().find(|s| s.writable && vaddr >= s.vaddr && vaddr < s.vaddr + s.file_size)?;
+    let page = (vaddr - own.vaddr + own.offset) & !(PAGE - 1);
+    segments
+        .iter()
+        .any(|s| s.writable && s.vaddr < own.vaddr && s.offset < page + PAGE && page < s.offset + s.file_size)
+        .then_some(page)
 }
 
 /// Crates whose code ships precompiled with the toolchain: their frame
@@ -469,5 +505,33 @@ fn check_code(report: &mut Report, data: &[u8]) {
             "no .debug_info: names come from the symbol table alone (no inlined frames, no file:line)",
             "add `debug = \"line-tables-only\"` to the profile you ship (`cargo heapprobe trace` builds with debuginfo)",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use heapprobe_sdt::Segment;
+
+    use super::shared_relro_page;
+
+    fn segment(vaddr: u64, offset: u64, file_size: u64, writable: bool) -> Segment {
+        Segment { vaddr, offset, file_size, mem_size: file_size, executable: !writable, writable }
+    }
+
+    /// rust-lld's layout: RELRO's file range ends at 0x5a3e8, and .data
+    /// starts in the same file page (0x5a000) one page higher in memory.
+    #[test]
+    fn a_semaphore_in_the_page_relro_maps_too_is_flagged() {
+        let segments = [
+            segment(0x0, 0x0, 0x1000, false),
+            segment(0x59000 + 0x1000, 0x59000, 0x13e8, true), // RELRO: file 0x59000..0x5a3e8
+            segment(0x5b3e8, 0x5a3e8, 0x300, true),           // .data and .probes
+        ];
+        assert_eq!(shared_relro_page(&segments, 0x5b400), Some(0x5a000));
+        // 8 KiB of data later, the semaphore's page is .data's alone.
+        let padded = [segments[0], segments[1], segment(0x5b3e8, 0x5a3e8, 0x2300, true)];
+        assert_eq!(shared_relro_page(&padded, 0x5b3e8 + 0x2100), None);
+        // Not in any writable segment: not this check's business.
+        assert_eq!(shared_relro_page(&segments, 0x10), None);
     }
 }
