@@ -60,11 +60,37 @@ fn trace_it_works_writes_an_exact_byte_weighted_flamegraph() {
     let Some(_kernel) = available("trace_it_works_writes_an_exact_byte_weighted_flamegraph") else { return };
     let tmp = TempDir::new("xtask-trace-it-works");
     let svg = tmp.path().join("flamegraph.svg");
-    let out = run(&["trace", "--test", "it_works", "-o", svg.to_str().unwrap()]);
+    let out = run(&["trace", "--test", "it_works", "--keep", "-o", svg.to_str().unwrap()]);
     assert!(out.status.success(), "trace failed");
     let stacks = folded(&svg.with_extension("folded"));
     // 100 pages of 4096 bytes and the Vec of 100 pointers.
     assert_eq!(weight_through(&stacks, "it_works::build_inventory"), 100 * 4096 + 100 * 8);
+    // The allocator's own frames are trimmed: every tower through
+    // build_inventory ends at it or just above (`Vec::with_capacity`, `Box::new`).
+    for stack in stacks.keys().filter(|s| s.contains("it_works::build_inventory")) {
+        let frames: Vec<&str> = stack.split(';').collect();
+        let at = frames.iter().position(|f| *f == "it_works::build_inventory").unwrap();
+        assert!(frames.len() - at <= 2, "a tower goes on above build_inventory: {stack}");
+    }
+    // The kept perf.data, folded again by `fold` (read directly, as trace
+    // read it), gives the same stacks.
+    let kept = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("perf.data"))
+        .find(|p| p.is_file())
+        .expect("--keep kept perf.data");
+    let refolded = tmp.path().join("refolded.svg");
+    let out2 = run(&["fold", kept.to_str().unwrap(), "-o", refolded.to_str().unwrap()]);
+    assert!(out2.status.success(), "fold of the kept perf.data failed");
+    assert_eq!(folded(&refolded.with_extension("folded")), stacks, "fold of perf.data vs trace");
+    assert!(String::from_utf8_lossy(&out2.stdout).contains("lost events: 0"));
+    // With the allocator's frames kept, the towers end in heapprobe's wrapper.
+    let out3 = run(&["fold", kept.to_str().unwrap(), "--keep-allocator-frames", "-o", refolded.to_str().unwrap()]);
+    assert!(out3.status.success());
+    let kept_frames = folded(&refolded.with_extension("folded"));
+    assert_eq!(weight_through(&kept_frames, "it_works::build_inventory"), 100 * 4096 + 100 * 8);
+    assert!(kept_frames.keys().all(|s| s.rsplit(';').next().unwrap().contains("heapprobe::alloc")), "{kept_frames:?}");
     // A Vec of 50 Strings (24 bytes each) and 50 lines of 64 bytes.
     assert_eq!(weight_through(&stacks, "it_works::render_report"), 50 * 24 + 50 * 64);
     let svg_text = std::fs::read_to_string(&svg).unwrap();
