@@ -568,6 +568,80 @@ mod tests {
         file
     }
 
+    /// Tracing data as perf writes it: magic, version, endianness, long
+    /// size, page size, the two headers, ftrace's formats, then the event
+    /// systems with their formats.
+    fn tracing_data(systems: &[(&str, &[&str])]) -> Vec<u8> {
+        let mut data = b"\x17\x08\x44tracing0.6\0\0\x08".to_vec();
+        data.extend(4096u32.to_le_bytes());
+        for header in ["header_page", "header_event"] {
+            data.extend(header.as_bytes());
+            data.push(0);
+            data.extend(3u64.to_le_bytes());
+            data.extend(b"abc");
+        }
+        data.extend(1u32.to_le_bytes());
+        data.extend(2u64.to_le_bytes());
+        data.extend(b"xy");
+        data.extend((systems.len() as u32).to_le_bytes());
+        for (system, formats) in systems {
+            data.extend(system.as_bytes());
+            data.push(0);
+            data.extend((formats.len() as u32).to_le_bytes());
+            for format in *formats {
+                data.extend((format.len() as u64).to_le_bytes());
+                data.extend(format.as_bytes());
+            }
+        }
+        data.extend(0u32.to_le_bytes()); // kallsyms
+        data.extend(0u32.to_le_bytes()); // printk
+        data
+    }
+
+    const ALLOC_FORMAT: &str = "name: alloc__0\nID: 2001\nformat:\n\
+        \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+        \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
+        \tfield:unsigned long __probe_ip;\toffset:8;\tsize:8;\tsigned:0;\n\
+        \tfield:u64 ptr;\toffset:16;\tsize:8;\tsigned:0;\n\
+        \tfield:u64 size;\toffset:24;\tsize:8;\tsigned:0;\n\
+        \tfield:u64 align;\toffset:32;\tsize:8;\tsigned:0;\n\n\
+        print fmt: \"(%lx) ptr=%llu size=%llu align=%llu\", REC->__probe_ip, REC->ptr, REC->size, REC->align\n";
+
+    #[test]
+    fn event_formats_are_read_from_the_tracing_data() {
+        let data =
+            tracing_data(&[("heapprobe_7_trace0", &[ALLOC_FORMAT]), ("sched", &["name: switch\nID: 5\nformat:\n"])]);
+        let formats = parse_tracing_data(&data).unwrap();
+        let alloc = &formats[&2001];
+        assert_eq!((alloc.system.as_str(), alloc.name.as_str()), ("heapprobe_7_trace0", "alloc__0"));
+        assert_eq!(
+            alloc.fields[3..],
+            [(String::from("ptr"), 16, 8), (String::from("size"), 24, 8), (String::from("align"), 32, 8)]
+        );
+        assert_eq!(formats[&5].fields, []);
+        // A site of `alloc` with its arguments is the probe; its values are
+        // read at the format's offsets.
+        let event = Event::new(&PerfEventType::Tracepoint(2001), None, &formats);
+        assert_eq!((event.name.as_str(), event.probe.as_deref()), ("alloc", Some("alloc")));
+        let mut raw = vec![0u8; 40];
+        raw[24..32].copy_from_slice(&4096u64.to_le_bytes());
+        assert_eq!(event.arg(&raw, "size"), Some(4096));
+        assert_eq!(event.arg(&raw[..30], "size"), None, "cut short");
+        assert_eq!(event.arg(&raw, "new_size"), None);
+        // Another event is counted under its own name, never folded.
+        let other = Event::new(&PerfEventType::Tracepoint(5), None, &formats);
+        assert_eq!((other.name.as_str(), other.probe), ("sched:switch", None));
+        // An event named after a probe but without its arguments is not it.
+        let renamed = ALLOC_FORMAT.replace("u64 size;", "u64 arg1;");
+        let formats = parse_tracing_data(&tracing_data(&[("g", &[renamed.as_str()])])).unwrap();
+        assert_eq!(Event::new(&PerfEventType::Tracepoint(2001), None, &formats).probe, None);
+        // Damaged data is an error, not an empty table.
+        let mut cut = tracing_data(&[("g", &[ALLOC_FORMAT])]);
+        cut.truncate(cut.len() - 60);
+        assert!(parse_tracing_data(&cut).is_err());
+        assert!(parse_tracing_data(b"\x17\x08\x44tracinX").is_err());
+    }
+
     #[test]
     fn counts_samples_and_the_larger_lost_count() {
         let dir = std::env::temp_dir().join(format!("xtask-perf-data-{}", std::process::id()));
