@@ -351,6 +351,7 @@ fn check_binary(report: &mut Report, exe: &Path) {
                 shared_relro_page(&binary.segments, *sem).map(|page| format!("{sem:#x} (file page {page:#x})"))
             })
             .collect();
+        shared.sort();
         shared.dedup();
         if unsafe_ones.is_empty() && shared.is_empty() {
             report.ok(
@@ -361,13 +362,14 @@ fn check_binary(report: &mut Report, exe: &Path) {
             report.fail(
                 "semaphores",
                 format!(
-                    "in a file page that an earlier writable segment (RELRO) maps too: the kernel arms the RELRO copy \
-                     of the semaphore, so the guarded sites stay dark under perf and bpftrace -c (0 events): {}",
+                    "in a file page that an earlier writable segment (RELRO) maps too: traced from its start, the \
+                     kernel sets the RELRO copy of the semaphore, so the guarded sites stay dark (0 events): {}",
                     shared.join(", ")
                 ),
                 "link with `-C link-arg=-Wl,-z,separate-loadable-segments`, or put a few KiB of initialised data \
-                 before the semaphores, or build with the default `probe` feature (no semaphores); `bpftrace -p PID` \
-                 sets them itself and is not affected (DEVELOPERS.md, trap 4)",
+                 before the semaphores, or build with the default `probe` feature (no semaphores); tracing the \
+                 running process (`--pid`, `bpftrace -p`) works: ld.so has made the RELRO copy read-only by then \
+                 (DEVELOPERS.md, trap 4)",
             );
         } else {
             report.fail(

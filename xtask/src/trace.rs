@@ -444,6 +444,9 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
             args.event
         );
     }
+    if args.pid.is_none() {
+        refuse_dark_semaphores(&binary, exe, &args.event)?;
+    }
     progress.step(&format!("recording {label} ({sites} probe sites of heapprobe:{}, {:?})", args.event, args.backend));
     let started = Instant::now();
     let (mut recording, work) = match args.backend {
@@ -506,6 +509,30 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
         ),
         _ => recording.recorded.check(args.max_lost, weight).map(|()| outcome),
     }
+}
+
+/// Fails when a semaphore of `event`'s sites sits in a file page that an
+/// earlier writable segment (RELRO) maps too: traced from its start, the
+/// program's semaphore would never be set (the kernel counts in RELRO's
+/// copy), and every guarded site would stay dark (DEVELOPERS.md, trap 4).
+fn refuse_dark_semaphores(binary: &Binary, exe: &Path, event: &str) -> anyhow::Result<()> {
+    let pages: Vec<String> = binary
+        .valid_probes(Some(PROVIDER))
+        .filter(|p| p.name == event)
+        .filter_map(|p| p.semaphore.and_then(|sem| crate::doctor::shared_relro_page(&binary.segments, sem)))
+        .map(|page| format!("{page:#x}"))
+        .collect();
+    if let Some(page) = pages.first() {
+        bail!(
+            "the semaphores of heapprobe:{event} in {} sit in a file page ({page}) that its RELRO segment maps too: \
+             traced from its start, the kernel would set the RELRO copy and every guarded site would stay dark (0 \
+             events). Link it with `-C link-arg=-Wl,-z,separate-loadable-segments` (in RUSTFLAGS), or build \
+             heapprobe with its default `probe` feature (no semaphores), or start the program yourself and trace \
+             it with --pid once it runs (the RELRO copy is read-only by then)",
+            exe.display()
+        );
+    }
+    Ok(())
 }
 
 /// Warns when `exe`'s own functions mostly lack frame pointers (the
