@@ -240,7 +240,11 @@ fn semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark() {
         }
         assert_no_heapprobe_uprobes();
     }
-    assert_eq!(flagged, [workload.clone()], "the workload is the positive control, the fixture the negative one");
+    assert_eq!(
+        flagged,
+        std::slice::from_ref(&workload),
+        "the workload is the positive control, the fixture the negative one"
+    );
 
     // The tool refuses to launch it, and traces it by pid while it runs.
     let svg = tmp.path().join("dark.svg");

@@ -237,7 +237,10 @@ fn a_failed_assertion_prints_a_command_that_works() {
     let inventory = project("inventory");
     let manifest = inventory.join("Cargo.toml");
     let pair = project("pair");
-    let cases: [(&Path, Vec<&str>, (&str, &str), String, &str, u64); 3] = [
+    // (where cargo test runs, its arguments, the variable that makes the
+    // test fail, the command it must print, the frame, its bytes)
+    type Case<'a> = (&'a Path, Vec<&'a str>, (&'a str, &'a str), String, &'a str, u64);
+    let cases: [Case; 3] = [
         (
             &inventory,
             vec!["test", "--test", "budget"],
