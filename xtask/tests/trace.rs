@@ -1141,3 +1141,51 @@ fn scratch_folders_of_killed_runs_are_swept() {
     assert!(live.exists(), "a live run's folder is not ours to remove");
     assert_no_heapprobe_uprobes();
 }
+
+/// The fixture's `known_local`: `Local::with_id(4242, arena)`, 20 × (allocate
+/// 64, grow 64→256, shrink 256→32, deallocate); the arena's grow and shrink
+/// always move the block (allocator-api2's defaults: a new block, the bytes
+/// copied). `--id` keeps one instance's hits (counting the others), and
+/// `--weight moved` takes `local_grow` and `local_shrink`, on both backends.
+#[test]
+fn local_probes_by_id_and_weighted_by_the_bytes_they_copy() {
+    let Some(_kernel) = available("local_probes_by_id_and_weighted_by_the_bytes_they_copy") else { return };
+    let tmp = TempDir::new("xtask-trace-local");
+    let svg = tmp.path().join("local.svg");
+    let o = svg.to_str().unwrap();
+    for backend in backends("local_probes_by_id_and_weighted_by_the_bytes_they_copy") {
+        let trace = |args: &[&str]| {
+            run(&[&["trace", "--bin", "heapprobe-fixture", "--backend", backend, "-o", o], args].concat())
+        };
+        for (args, known) in [
+            (&["--event", "local_alloc", "--id", "4242"][..], 20 * 64),
+            (&["--event", "local_grow", "--weight", "moved"], 20 * 64),
+            (&["--event", "local_shrink", "--weight", "moved", "--id", "4242"], 20 * 32),
+            (&["--event", "local_grow"], 20 * 256),
+        ] {
+            let out = trace(args);
+            assert!(out.status.success(), "{backend} {args:?}");
+            let stacks = folded(&svg.with_extension("folded"));
+            assert_eq!(weight_through(&stacks, "heapprobe_fixture::known_local"), known, "{backend} {args:?}");
+            assert_eq!(stacks.values().sum::<u64>(), known, "{backend} {args:?}: only known_local's instance");
+        }
+        // Another instance's id: nothing to draw, and the summary says why.
+        let out = trace(&["--event", "local_alloc", "--id", "7"]);
+        assert!(!out.status.success(), "{backend}");
+        if *backend == "perf" {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("other ids: 20 hits of heapprobe:local_alloc"), "{backend}: {stdout}");
+        }
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to weigh"), "{backend}");
+    }
+    // --id needs a probe with an id; --weight moved one that moves blocks.
+    for (args, expected) in [
+        (&["--event", "alloc", "--id", "1"][..], "heapprobe:alloc has no id argument"),
+        (&["--event", "local_alloc", "--weight", "moved"], "--weight moved needs a probe of moves"),
+    ] {
+        let out = run(&[&["trace", "--bin", "heapprobe-fixture", "-o", o], args].concat());
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(expected), "{args:?}");
+    }
+    assert_no_heapprobe_uprobes();
+}
