@@ -160,19 +160,16 @@ impl Build {
 }
 
 /// `RUSTFLAGS` (or `CARGO_ENCODED_RUSTFLAGS`) with the frame-pointer flags
-/// added, when the environment sets one: cargo then ignores the config's
-/// `build.rustflags`, so they go there. `None` when neither is set.
+/// added, when the environment sets one (even empty): cargo then ignores
+/// the configuration's `build.rustflags`, so they go there. `None` when
+/// neither is set.
 pub fn rustflags_env() -> Option<(&'static str, String)> {
-    match std::env::var("CARGO_ENCODED_RUSTFLAGS") {
-        Ok(flags) if !flags.is_empty() => {
-            return Some(("CARGO_ENCODED_RUSTFLAGS", format!("{flags}\x1f{}", FRAME_POINTERS.join("\x1f"))))
-        }
-        _ => {}
+    if let Ok(flags) = std::env::var("CARGO_ENCODED_RUSTFLAGS") {
+        let ours = FRAME_POINTERS.join("\x1f");
+        return Some(("CARGO_ENCODED_RUSTFLAGS", if flags.is_empty() { ours } else { format!("{flags}\x1f{ours}") }));
     }
-    match std::env::var("RUSTFLAGS") {
-        Ok(flags) if !flags.trim().is_empty() => Some(("RUSTFLAGS", format!("{flags} {}", FRAME_POINTERS.join(" ")))),
-        _ => None,
-    }
+    let flags = std::env::var("RUSTFLAGS").ok()?;
+    Some(("RUSTFLAGS", format!("{} {}", flags.trim(), FRAME_POINTERS.join(" ")).trim_start().to_owned()))
 }
 
 /// A built executable and how to run it.
@@ -534,10 +531,10 @@ fn build_test_filter(
     }
     match matches.len() {
         0 => bail!(
-            "no test target and no test function named {name:?} {}{}{}",
-            workspace.describe(candidates),
+            "no test target and no test function named {name:?}{} (looked {}){}",
             closest(name, all.iter().map(|t| t.rsplit("::").next().unwrap_or(t))),
-            other_kind_named(candidates, name).map(|hint| format!(" (there is {hint})")).unwrap_or_default()
+            workspace.describe(candidates),
+            other_kind_named(candidates, name).map(|hint| format!("; there is {hint}")).unwrap_or_default()
         ),
         1 => {
             let (exe, package, test) = matches.remove(0);
@@ -589,7 +586,7 @@ fn owner<'w>(
         [] => {
             let names =
                 candidates.iter().flat_map(|p| &p.targets).filter(|t| t.kind.contains(kind)).map(|t| t.name.as_str());
-            bail!("no {kind} target named {name:?} {}{}", workspace.describe(candidates), closest(name, names))
+            bail!("no {kind} target named {name:?}{} (looked {})", closest(name, names), workspace.describe(candidates))
         }
         [one] => Ok(Some(one)),
         many => bail!(

@@ -136,10 +136,26 @@ fn cargo_heapprobe_traces_a_test_of_a_users_project() {
     assert!(cargo_in(&dir, &["test", "--no-run"]).status.success());
     let tmp = TempDir::new("projects-inventory");
     let svg = tmp.path().join("flamegraph.svg");
-    let out = cargo_in(&dir, &["heapprobe", "trace", "--test", "it_works", "-o", svg.to_str().unwrap()]);
+    let out = cargo_in(&dir, &["heapprobe", "trace", "--test", "it_works", "--keep", "-o", svg.to_str().unwrap()]);
     assert!(out.status.success());
     assert_inventory_graph(&svg, "cargo heapprobe trace");
     assert!(String::from_utf8_lossy(&out.stdout).contains("lost events: 0"));
+    // The other subcommands work there too: fold (of the kept perf.data),
+    // probes and doctor (of the same test, built the same way).
+    let kept = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("perf.data"))
+        .find(|p| p.is_file())
+        .expect("--keep kept perf.data");
+    let refolded = tmp.path().join("refolded.svg");
+    let out = cargo_in(&dir, &["heapprobe", "fold", kept.to_str().unwrap(), "-o", refolded.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(folded(&refolded.with_extension("folded")), folded(&svg.with_extension("folded")), "fold vs trace");
+    let out = cargo_in(&dir, &["heapprobe", "probes", "--test", "it_works"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("heapprobe  alloc "));
+    let out = cargo_in(&dir, &["heapprobe", "doctor", "--test", "it_works"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("0 failure(s)"));
     assert!(shared_target().join("heapprobe").is_dir(), "built in the profile's own directory");
     let again = cargo_in(&dir, &["test", "--no-run"]);
     assert!(!String::from_utf8_lossy(&again.stderr).contains("Compiling"), "the ordinary build was invalidated");
@@ -338,7 +354,7 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
             &inventory,
             &["--test", "no_such_test"],
             format!(
-                "no test target and no test function named \"no_such_test\" in inventory of the workspace of {}",
+                "no test target and no test function named \"no_such_test\" (looked in inventory of the workspace of {})",
                 inventory.join("Cargo.toml").display()
             ),
         ),

@@ -159,7 +159,10 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
             &["trace", "--test", "it_work", "-o", o],
             "no test target and no test function named \"it_work\"; closest: `it_works`",
         ),
-        (&["trace", "--bin", "xtask", "-o", o], "no heapprobe probes in"),
+        (
+            &["trace", "--bin", "xtask", "-o", o],
+            "no bin target named \"xtask\" (looked in heapprobe, heapprobe-fixture",
+        ),
         (&["trace", "--example", "nope", "-o", o], "no example target named \"nope\""),
         (&["trace", "--test", "it_works", "-o", "/nonexistent/fg.svg"], "/nonexistent is not a directory"),
         (&["trace", "--pid", "999999999", "-o", o], "no process with pid 999999999"),
@@ -259,14 +262,7 @@ impl Drop for Service {
 }
 
 fn fixture_with_frame_pointers() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--profile", "trace"])
-        .env("RUSTFLAGS", "-C force-frame-pointers=yes")
-        .current_dir(root())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    root().join("target/trace/heapprobe-fixture")
+    support::build_fixture_with_frame_pointers()
 }
 
 #[test]
@@ -833,21 +829,20 @@ fn thousands_of_distinct_stacks_are_kept_or_counted_as_lost() {
     }
 }
 
-/// `--event alloc_failed` on a debug build: sites `__2`, `__5` and `__10`,
-/// so perf right-aligns the shorter names. The fixture's one failed
-/// allocation of 2^46 bytes must be there, with either backend.
+/// `--event alloc_failed` on a debug build: the fixture's one failed
+/// allocation of 2^46 bytes must be there, with either backend. (When
+/// written, the failure path had three inlined sites, `__2`, `__5` and
+/// `__10`, whose `perf script` names perf right-aligned; the allocator now
+/// has one out-of-line failure path, so one site, and the perf backend reads
+/// perf.data itself, not `perf script`'s text. Right-aligned names are
+/// checked where text is still parsed: tests/fold.rs and trace/perf.rs.)
 #[test]
 fn alloc_failed_with_right_aligned_sites_is_recorded() {
     let test = "alloc_failed_with_right_aligned_sites_is_recorded";
     let Some(_kernel) = available(test) else { return };
     let binary = heapprobe_sdt::Binary::open(fixture_with_frame_pointers()).unwrap();
-    let widths: Vec<usize> = binary
-        .valid_probes(Some("heapprobe"))
-        .enumerate()
-        .filter(|(_, p)| p.name == "alloc_failed")
-        .map(|(i, _)| i.to_string().len())
-        .collect();
-    assert!(widths.contains(&1) && widths.contains(&2), "alloc_failed sites {widths:?}");
+    let sites = binary.valid_probes(Some("heapprobe")).filter(|p| p.name == "alloc_failed").count();
+    assert!(sites >= 1, "alloc_failed has no site");
     let tmp = TempDir::new("xtask-trace-failed");
     for backend in backends(test) {
         let svg = tmp.path().join(format!("{backend}.svg"));
