@@ -130,7 +130,7 @@ impl Build {
     /// The arguments of a `cargo` command (after the subcommand) that builds
     /// as traced builds do: the manifest, features, the profile and frame
     /// pointers (in `build.rustflags`, added to the user's own; see
-    /// [`rustflags_env`](Self::rustflags_env)).
+    /// [`rustflags_env`]).
     pub fn cargo_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         if let Some(manifest) = &self.manifest_path {

@@ -215,7 +215,7 @@ fn effective_capabilities() -> u64 {
         .unwrap_or(0)
 }
 
-/// Step-by-step progress on stderr ("[1] building ...", with elapsed time
+/// Step-by-step progress on stderr (`[1] building ...`, with elapsed time
 /// when stderr is a terminal).
 pub struct Progress {
     started: std::time::Instant,

@@ -118,7 +118,7 @@ pub struct Decoded {
     /// Records of kinds this reader does not know, by kind.
     pub unknown_records: BTreeMap<u32, u64>,
     /// Files mapped by the recorded processes that were rebuilt since (their
-    /// build id differs from the recording's): their frames are [unknown].
+    /// build id differs from the recording's): their frames are `[unknown]`.
     pub rebuilt: Vec<PathBuf>,
 }
 
