@@ -48,8 +48,9 @@
 //! it), [`assert_allocations!`], the [`expect`] builder, [`deny_allocations`]
 //! for code that must not touch the allocator, and [`assert_no_leaks`]. A
 //! failure reports the full [`Stats`] next to each expectation, and the
-//! `cargo xtask trace --test NAME --event alloc_locked` command that shows
-//! where the scope allocated.
+//! `cargo heapprobe trace --test NAME --event alloc_locked` command that
+//! shows where the scope allocated (`cargo install heapprobe-cli` installs
+//! `cargo heapprobe`).
 //!
 //! ```
 //! # use heapprobe::Heapprobe;
@@ -127,9 +128,9 @@
 //! # Tracing
 //!
 //! perf 6.1's `perf probe sdt_heapprobe:*` misplaces probes in binaries
-//! linked by rust-lld (the default linker): use the repository's
-//! `cargo xtask`, or bpftrace `usdt:` probes, which compute the file offsets
-//! correctly.
+//! linked by rust-lld (the default linker): use `cargo heapprobe trace`
+//! (the heapprobe-cli crate), or bpftrace `usdt:` probes, which compute the
+//! file offsets correctly.
 //!
 //! # Production
 //!

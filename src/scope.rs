@@ -12,15 +12,22 @@ use crate::thread::{self, ThreadState};
 static NEXT_SCOPE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Closes a scope on every exit path, unwinding included.
-struct ScopeGuard<'a> {
+///
+/// Generic over the allocator only so that its `drop`, which holds the
+/// `scope_end` probe site, is compiled where `measure` is used: a
+/// non-generic `drop` was compiled into heapprobe's own code, and a binary
+/// that never measures (its linker discarding that code) kept the site's
+/// SDT note with a bogus address, which every tracer warned about.
+struct ScopeGuard<'a, A> {
     state: &'a ThreadState,
     slot: &'a Slot,
     id: u64,
     /// The enclosing scope's carried high (see [`Slot::mark`]).
     outer_carry: i64,
+    _allocator: core::marker::PhantomData<&'a Heapprobe<A>>,
 }
 
-impl Drop for ScopeGuard<'_> {
+impl<A> Drop for ScopeGuard<'_, A> {
     fn drop(&mut self) {
         let slot = self.slot;
         // This scope's high, folded into the enclosing scope's: the inner
@@ -76,7 +83,7 @@ impl<A> Heapprobe<A> {
         // Fold the high so far into the thread's (and an enclosing scope's)
         // peak; this scope's high starts here.
         let outer_carry = slot.mark();
-        let guard = ScopeGuard { state, slot, id, outer_carry };
+        let guard = ScopeGuard::<A> { state, slot, id, outer_carry, _allocator: core::marker::PhantomData };
         slot.scope_carry.store(start_net, Relaxed);
         slot.scope_depth.store(slot.scope_depth.load(Relaxed).saturating_add(1), Relaxed);
         // Calls inside a scope take the slow path, which fires `*_locked`.

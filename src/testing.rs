@@ -236,7 +236,7 @@ impl<'a, A> Expect<'a, A> {
     /// # Panics
     /// After `f` returns, if an expectation does not hold, with the full
     /// measured [`Stats`], each expectation next to its measured value, and
-    /// the `cargo xtask trace` command that shows where the scope allocated.
+    /// the `cargo heapprobe trace` command that shows where the scope allocated.
     /// Also as [`Heapprobe::measure`].
     #[track_caller]
     pub fn check<R>(self, f: impl FnOnce() -> R) -> R {
@@ -374,7 +374,7 @@ fn leak_checks(s: &Stats) -> [Check; 2] {
 /// behaviour), so `f` runs to its end even when it allocates.
 ///
 /// The report gives the number of calls of each kind, the allocation sizes
-/// (log2 buckets), the location of this guard, and the `cargo xtask trace`
+/// (log2 buckets), the location of this guard, and the `cargo heapprobe trace`
 /// command whose flame graph shows each allocating call site; the call
 /// sites themselves are not recorded, which would cost every allocation.
 ///
@@ -542,10 +542,44 @@ fn fail(
     panic!("{report}");
 }
 
-/// `cargo xtask trace --test NAME --event alloc_locked` for the test running
-/// on `thread`: libtest names each test's thread after the test.
+/// `cargo heapprobe trace --test NAME --event alloc_locked` for the test
+/// running on `thread` (libtest names each test's thread after the test),
+/// such that it works where the user ran `cargo test`: with the package's
+/// `-p` when that directory is another package's or the workspace's, with
+/// `--manifest-path` when it is outside the workspace. cargo tells a test
+/// its package (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`) and keeps the shell's
+/// directory in `PWD` (it runs tests in the package's directory).
 pub(crate) fn trace_command(thread: &Thread) -> String {
-    format!("cargo xtask trace --test {} --event alloc_locked", test_name(thread))
+    let mut command = String::from("cargo heapprobe trace");
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    if let (Some(dir), Some(package)) = (var("CARGO_MANIFEST_DIR"), std::env::var("CARGO_PKG_NAME").ok()) {
+        let manifest = var("CARGO_MANIFEST_PATH").unwrap_or_else(|| dir.join("Cargo.toml"));
+        // The Cargo.toml cargo would find from the user's directory.
+        let nearest = var("PWD").and_then(|pwd| pwd.ancestors().map(|d| d.join("Cargo.toml")).find(|m| m.is_file()));
+        match nearest {
+            Some(found) if found == manifest => {}
+            // A workspace (or other member) around the package: `-p`.
+            Some(found) if found.parent().is_some_and(|root| dir.starts_with(root)) => {
+                command.push_str(" -p ");
+                command.push_str(&package);
+            }
+            _ => {
+                command.push_str(" --manifest-path ");
+                command.push_str(&shell_word(&manifest.to_string_lossy()));
+            }
+        }
+    }
+    command.push_str(&format!(" --test {} --event alloc_locked", test_name(thread)));
+    command
+}
+
+/// `word`, quoted for a POSIX shell when it needs to be.
+fn shell_word(word: &str) -> String {
+    if word.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b)) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// The test's path (`module::test_fn`) when `thread` is a libtest thread;
@@ -612,7 +646,7 @@ pub mod __private {
 /// operator. The block runs in a measured scope on this thread (exact while
 /// other threads allocate); the comparisons are checked after it, and the
 /// first failure panics with every comparison, the full measured `Stats` and
-/// the `cargo xtask trace --test NAME --event alloc_locked` command that
+/// the `cargo heapprobe trace --test NAME --event alloc_locked` command that
 /// shows where the block allocated.
 ///
 /// ```

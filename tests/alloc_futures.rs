@@ -411,7 +411,8 @@ fn check_future_reports_the_stats_and_the_trace_command_of_the_test() {
     assert!(message.contains("\n  FAILED  allocations <= 1   (measured 2)\n"), "{message}");
     assert!(message.contains("\n  FAILED  current == 0   (measured 7)\n"), "{message}");
     assert!(message.contains("measured Stats of the scope:\n  allocations               2  10 B\n"), "{message}");
-    assert!(message.ends_with(&format!("cargo xtask trace --test {name} --event alloc_locked")), "{message}");
+    assert!(message.ends_with(&format!(" --test {name} --event alloc_locked")), "{message}");
+    assert!(message.lines().last().unwrap().starts_with("  cargo heapprobe trace "), "{message}");
 
     // The same expectations, met: nothing is reported.
     let met = expect(&GLOBAL).at_most(1).allocations().exactly(0).current().check_future(async {

@@ -130,18 +130,22 @@ impl Drop for TempDir {
     }
 }
 
-/// Builds the fixture as `cargo xtask trace` builds programs: the `trace`
-/// profile (debuginfo) with frame pointers, in `target/trace/`, so that
-/// bpftrace's `ustack` walks it. Returns the executable's path.
+/// Builds the fixture as `cargo heapprobe trace` builds programs: the
+/// `heapprobe` profile (debuginfo; the workspace's Cargo.toml defines it as
+/// the tool does on cargo's command line) with frame pointers in
+/// `build.rustflags`, in `target/heapprobe/`, so that bpftrace's `ustack`
+/// walks it and the tool's own builds reuse it. Returns the executable's path.
 pub fn build_fixture_with_frame_pointers() -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--profile", "trace"])
-        .env("RUSTFLAGS", "-C force-frame-pointers=yes")
+        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--profile", "heapprobe"])
+        .args(["--config", r#"build.rustflags=["-C", "force-frame-pointers=yes"]"#])
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .current_dir(root())
         .status()
         .expect("failed to run cargo build for the fixture");
     assert!(status.success(), "cargo build of the fixture with frame pointers exited with {status}");
-    let exe = root().join("target/trace/heapprobe-fixture");
+    let exe = root().join("target/heapprobe/heapprobe-fixture");
     assert!(exe.exists(), "{} missing after build", exe.display());
     exe
 }

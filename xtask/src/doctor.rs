@@ -1,4 +1,4 @@
-//! `cargo xtask doctor`: whether this machine can trace, and whether a binary
+//! `cargo heapprobe doctor`: whether this machine can trace, and whether a binary
 //! is traceable. Every problem comes with the exact command that fixes it.
 
 use std::path::Path;
@@ -8,15 +8,18 @@ use anyhow::bail;
 use heapprobe_sdt::{Binary, Site};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 
-use crate::target::InspectArgs;
+use crate::target::Inspect;
 use crate::trace::PROVIDER;
 use crate::util::{self, Privileges};
 
-/// Options of `cargo xtask doctor`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// Options of `cargo heapprobe doctor`.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Options {
+    /// The binary to check too (a PATH, a running process, or a target to
+    /// build). Default: the machine only.
     #[command(flatten)]
-    binary: InspectArgs,
+    pub binary: Inspect,
 }
 
 /// The outcome of one check.
@@ -73,7 +76,10 @@ impl Report {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Checks the machine (and the binary, if one is named), prints every check
+/// with its fix, and fails when a check failed (warnings do not).
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let args = options;
     let mut report = Report::default();
     check_system(&mut report);
     let exe = args.binary.exe()?;
@@ -87,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (warnings, failures) = (report.count(Status::Warn), report.count(Status::Fail));
     println!("\n{} ok, {warnings} warning(s), {failures} failure(s)", report.count(Status::Ok));
     if failures > 0 {
-        bail!("{failures} check(s) failed: run the fixes above, then `cargo xtask doctor` again");
+        bail!("{failures} check(s) failed: run the fixes above, then `cargo heapprobe doctor` again");
     }
     Ok(())
 }
@@ -179,7 +185,7 @@ fn check_system(report: &mut Report) {
 }
 
 /// Uprobe groups left by heapprobe runs that were killed, and what holds
-/// them: `cargo xtask trace` removes the free ones at its start, and leaves
+/// them: `cargo heapprobe trace` removes the free ones at its start, and leaves
 /// (naming the holder) those an orphaned recorder still has open.
 fn check_stale_groups(report: &mut Report) {
     let groups = match heapprobe_sdt::stale_groups() {
@@ -205,7 +211,7 @@ fn check_stale_groups(report: &mut Report) {
             report.warn(
                 "stale uprobes",
                 detail,
-                "`cargo xtask trace` removes it when it starts (once nothing holds it open)",
+                "`cargo heapprobe trace` removes it when it starts (once nothing holds it open)",
             );
         } else {
             let pids: Vec<String> = group.holders.iter().map(|h| h.pid.to_string()).collect();
@@ -213,7 +219,7 @@ fn check_stale_groups(report: &mut Report) {
                 "stale uprobes",
                 detail,
                 format!(
-                    "`kill {}` (a recorder orphaned by the killed run); the next `cargo xtask trace` then removes \
+                    "`kill {}` (a recorder orphaned by the killed run); the next `cargo heapprobe trace` then removes \
                      the group. It does not block other runs: each uses a group of its own",
                     pids.join(" ")
                 ),
@@ -223,7 +229,7 @@ fn check_stale_groups(report: &mut Report) {
 }
 
 const TRACEFS_FIX: &str =
-    "`mount -t tracefs nodev /sys/kernel/tracing` as root (`cargo xtask trace` does it when root)";
+    "`mount -t tracefs nodev /sys/kernel/tracing` as root (`cargo heapprobe trace` does it when root)";
 
 /// The innermost cause's message.
 fn source_of(error: &dyn std::error::Error) -> String {
@@ -308,9 +314,9 @@ fn check_binary(report: &mut Report, exe: &Path) {
             "bogus sites",
             format!(
                 "{bogus} heapprobe notes point outside executable code (left by code the linker discarded): \
-                 `cargo xtask trace` and bpftrace skip them, `perf probe sdt_heapprobe:*` registers them"
+                 `cargo heapprobe trace` and bpftrace skip them, `perf probe sdt_heapprobe:*` registers them"
             ),
-            "trace with `cargo xtask trace` or bpftrace `usdt:` probes, not `perf probe sdt_heapprobe:*`",
+            "trace with `cargo heapprobe trace` or bpftrace `usdt:` probes, not `perf probe sdt_heapprobe:*`",
         );
     }
 
@@ -322,7 +328,7 @@ fn check_binary(report: &mut Report, exe: &Path) {
                  sdt_heapprobe:*` would misplace every probe by that much (0 events, and a crashed target)",
                 code.vaddr.wrapping_sub(code.offset)
             ),
-            "trace with `cargo xtask trace` (places probes itself) or bpftrace; or link with \
+            "trace with `cargo heapprobe trace` (places probes itself) or bpftrace; or link with \
              `-C link-arg=-Wl,-z,separate-loadable-segments` if you must use `perf probe sdt_…`",
         ),
         None => report.ok("layout", "code vaddr = file offset: even naive `perf probe sdt_…` places probes right"),
@@ -339,10 +345,31 @@ fn check_binary(report: &mut Report, exe: &Path) {
             })
             .map(|(p, sem)| format!("{}@{sem:#x}", p.name))
             .collect();
-        if unsafe_ones.is_empty() {
+        let mut shared: Vec<String> = semaphores
+            .iter()
+            .filter_map(|(_, sem)| {
+                shared_relro_page(&binary.segments, *sem).map(|page| format!("{sem:#x} (file page {page:#x})"))
+            })
+            .collect();
+        shared.sort();
+        shared.dedup();
+        if unsafe_ones.is_empty() && shared.is_empty() {
             report.ok(
                 "semaphores",
                 format!("{} guarded sites, semaphores file-backed in writable data", semaphores.len()),
+            );
+        } else if unsafe_ones.is_empty() {
+            report.fail(
+                "semaphores",
+                format!(
+                    "in a file page that an earlier writable segment (RELRO) maps too: traced from its start, the \
+                     kernel sets the RELRO copy of the semaphore, so the guarded sites stay dark (0 events): {}",
+                    shared.join(", ")
+                ),
+                "link with `-C link-arg=-Wl,-z,separate-loadable-segments`, or put a few KiB of initialised data \
+                 before the semaphores, or build with the default `probe` feature (no semaphores); tracing the \
+                 running process (`--pid`, `bpftrace -p`) works: ld.so has made the RELRO copy read-only by then \
+                 (DEVELOPERS.md, trap 4)",
             );
         } else {
             report.fail(
@@ -357,6 +384,23 @@ fn check_binary(report: &mut Report, exe: &Path) {
         Ok(data) => check_code(report, &data),
         Err(e) => report.fail("debuginfo", format!("cannot read {}: {e}", exe.display()), "check permissions"),
     }
+}
+
+/// The file page (offset) of the semaphore at `vaddr` when an earlier
+/// writable PT_LOAD's file range also covers that page: rust-lld starts the
+/// data segment in the file page where the RELRO segment's file range ends,
+/// so the page is mapped twice, and the kernel adds a uprobe's reference
+/// count in the first writable mapping that covers the file offset, RELRO's
+/// copy (DEVELOPERS.md, trap 4). `None` when the semaphore's page is its
+/// segment's alone.
+pub fn shared_relro_page(segments: &[heapprobe_sdt::Segment], vaddr: u64) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let own = segments.iter().find(|s| s.writable && vaddr >= s.vaddr && vaddr < s.vaddr + s.file_size)?;
+    let page = (vaddr - own.vaddr + own.offset) & !(PAGE - 1);
+    segments
+        .iter()
+        .any(|s| s.writable && s.vaddr < own.vaddr && s.offset < page + PAGE && page < s.offset + s.file_size)
+        .then_some(page)
 }
 
 /// Crates whose code ships precompiled with the toolchain: their frame
@@ -381,6 +425,45 @@ const TOOLCHAIN_CRATES: [&str; 17] = [
     "cfg_if",
 ];
 
+/// How many of an x86-64 ELF binary's own Rust functions there are (the
+/// toolchain's precompiled crates left out), and how many of them set up a
+/// frame pointer (`push %rbp; mov %rsp,%rbp`, after an optional `endbr64`).
+/// `None` for other files.
+pub fn frame_pointers(data: &[u8]) -> Option<(u32, u32)> {
+    let file = object::File::parse(data).ok()?;
+    if file.architecture() != object::Architecture::X86_64 {
+        return None;
+    }
+    let (mut own, mut with_fp) = (0u32, 0u32);
+    for symbol in file.symbols().filter(|s| s.kind() == SymbolKind::Text && s.size() > 0) {
+        let Ok(name) = symbol.name() else { continue };
+        let demangled = crate::flame::demangle(name);
+        // `<T as Trait>::f` may be the toolchain's for any crate's type:
+        // only plain paths say whose code it is.
+        let krate = demangled.split("::").next().unwrap_or_default();
+        if !(name.starts_with("_ZN") || name.starts_with("_R"))
+            || demangled.starts_with('<')
+            || TOOLCHAIN_CRATES.contains(&krate)
+        {
+            continue;
+        }
+        let Some(code) = symbol
+            .section_index()
+            .and_then(|i| file.section_by_index(i).ok())
+            .and_then(|s| Some((s.address(), s.data().ok()?)))
+            .and_then(|(start, bytes)| bytes.get(usize::try_from(symbol.address().checked_sub(start)?).ok()?..))
+        else {
+            continue;
+        };
+        own += 1;
+        let code = code.strip_prefix(&[0xf3, 0x0f, 0x1e, 0xfa]).unwrap_or(code);
+        if code.starts_with(&[0x55, 0x48, 0x89, 0xe5]) {
+            with_fp += 1;
+        }
+    }
+    Some((own, with_fp))
+}
+
 /// Frame pointers (x86-64 prologues of the binary's own functions) and
 /// debuginfo.
 fn check_code(report: &mut Report, data: &[u8]) {
@@ -397,35 +480,7 @@ fn check_code(report: &mut Report, data: &[u8]) {
         );
         return;
     }
-    if file.architecture() == object::Architecture::X86_64 {
-        let (mut own, mut with_fp) = (0u32, 0u32);
-        for symbol in &functions {
-            let Ok(name) = symbol.name() else { continue };
-            let demangled = crate::flame::demangle(name);
-            // `<T as Trait>::f` may be the toolchain's for any crate's type:
-            // only plain paths say whose code it is.
-            let krate = demangled.split("::").next().unwrap_or_default();
-            if !(name.starts_with("_ZN") || name.starts_with("_R"))
-                || demangled.starts_with('<')
-                || TOOLCHAIN_CRATES.contains(&krate)
-            {
-                continue;
-            }
-            let Some(code) = symbol
-                .section_index()
-                .and_then(|i| file.section_by_index(i).ok())
-                .and_then(|s| Some((s.address(), s.data().ok()?)))
-                .and_then(|(start, bytes)| bytes.get(usize::try_from(symbol.address().checked_sub(start)?).ok()?..))
-            else {
-                continue;
-            };
-            own += 1;
-            // Optional endbr64, then push %rbp; mov %rsp,%rbp.
-            let code = code.strip_prefix(&[0xf3, 0x0f, 0x1e, 0xfa]).unwrap_or(code);
-            if code.starts_with(&[0x55, 0x48, 0x89, 0xe5]) {
-                with_fp += 1;
-            }
-        }
+    if let Some((own, with_fp)) = frame_pointers(data) {
         let share = if own == 0 { 0.0 } else { f64::from(with_fp) * 100.0 / f64::from(own) };
         if own == 0 {
             report.warn("frame pointers", "no Rust functions of its own to check", "nothing to do");
@@ -438,7 +493,7 @@ fn check_code(report: &mut Report, data: &[u8]) {
                     "only {with_fp} of its {own} own functions ({share:.0}%) set up a frame pointer: \
                      frame-pointer stacks (perf `--call-graph fp`, bpftrace `ustack`) will skip callers"
                 ),
-                "build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (`cargo xtask trace` does), or trace it \
+                "build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (`cargo heapprobe trace` does), or trace it \
                  with `--call-graph dwarf`",
             );
         }
@@ -450,7 +505,35 @@ fn check_code(report: &mut Report, data: &[u8]) {
         report.warn(
             "debuginfo",
             "no .debug_info: names come from the symbol table alone (no inlined frames, no file:line)",
-            "add `debug = \"line-tables-only\"` to the profile you ship (`cargo xtask trace` builds with debuginfo)",
+            "add `debug = \"line-tables-only\"` to the profile you ship (`cargo heapprobe trace` builds with debuginfo)",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use heapprobe_sdt::Segment;
+
+    use super::shared_relro_page;
+
+    fn segment(vaddr: u64, offset: u64, file_size: u64, writable: bool) -> Segment {
+        Segment { vaddr, offset, file_size, mem_size: file_size, executable: !writable, writable }
+    }
+
+    /// rust-lld's layout: RELRO's file range ends at 0x5a3e8, and .data
+    /// starts in the same file page (0x5a000) one page higher in memory.
+    #[test]
+    fn a_semaphore_in_the_page_relro_maps_too_is_flagged() {
+        let segments = [
+            segment(0x0, 0x0, 0x1000, false),
+            segment(0x59000 + 0x1000, 0x59000, 0x13e8, true), // RELRO: file 0x59000..0x5a3e8
+            segment(0x5b3e8, 0x5a3e8, 0x300, true),           // .data and .probes
+        ];
+        assert_eq!(shared_relro_page(&segments, 0x5b400), Some(0x5a000));
+        // 8 KiB of data later, the semaphore's page is .data's alone.
+        let padded = [segments[0], segments[1], segment(0x5b3e8, 0x5a3e8, 0x2300, true)];
+        assert_eq!(shared_relro_page(&padded, 0x5b3e8 + 0x2100), None);
+        // Not in any writable segment: not this check's business.
+        assert_eq!(shared_relro_page(&segments, 0x10), None);
     }
 }

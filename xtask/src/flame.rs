@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write as _};
 use std::path::Path;
 
 use anyhow::Context as _;
-use inferno::flamegraph::{self, color::BasicPalette, Palette};
+use inferno::flamegraph;
 
 /// The frame name used where a return address could not be symbolised.
 pub const UNKNOWN: &str = "[unknown]";
@@ -27,6 +27,8 @@ pub struct Folded {
     pub unknown_frames: u64,
     /// Stacks added (events, or distinct stacks when aggregated elsewhere).
     pub stacks_added: u64,
+    /// Hits of the probe left out by an `--id` filter (another instance).
+    pub filtered: u64,
     /// Scratch space for building keys.
     key: String,
 }
@@ -46,10 +48,21 @@ impl Folded {
         self.add_stack(frames_leaf_first, weight);
     }
 
+    /// Adds `events` probe hits that share the stack `frames` (innermost
+    /// first) and weigh `weight` together: the same as adding each.
+    pub fn add_repeated(&mut self, frames_leaf_first: &[impl AsRef<str>], weight: u64, events: u64) {
+        self.events += events;
+        self.add_stack_times(frames_leaf_first, weight, events);
+    }
+
     fn add_stack(&mut self, frames_leaf_first: &[impl AsRef<str>], weight: u64) {
-        self.stacks_added += 1;
-        self.frames += frames_leaf_first.len() as u64;
-        self.unknown_frames += frames_leaf_first.iter().filter(|f| f.as_ref() == UNKNOWN).count() as u64;
+        self.add_stack_times(frames_leaf_first, weight, 1);
+    }
+
+    fn add_stack_times(&mut self, frames_leaf_first: &[impl AsRef<str>], weight: u64, times: u64) {
+        self.stacks_added += times;
+        self.frames += times * frames_leaf_first.len() as u64;
+        self.unknown_frames += times * frames_leaf_first.iter().filter(|f| f.as_ref() == UNKNOWN).count() as u64;
         if weight == 0 {
             return;
         }
@@ -117,22 +130,185 @@ impl Folded {
         out.flush().with_context(|| format!("cannot write {}", path.display()))
     }
 
-    /// Renders the flame graph SVG with inferno's `mem` palette.
-    pub fn render(&self, path: &Path, title: &str, subtitle: &str, count_name: &str) -> anyhow::Result<()> {
+    /// Renders the flame graph SVG: `title` and `subtitle` unless `graph`
+    /// gives its own title, weights counted in `count_name`.
+    pub fn render(
+        &self,
+        path: &Path,
+        title: &str,
+        subtitle: &str,
+        count_name: &str,
+        graph: &Graph,
+    ) -> anyhow::Result<()> {
         let mut options = flamegraph::Options::default();
-        options.title = title.to_owned();
+        options.title = graph.title.clone().unwrap_or_else(|| title.to_owned());
         options.subtitle = Some(subtitle.to_owned());
         options.count_name = count_name.to_owned();
-        options.colors = Palette::Basic(BasicPalette::Mem);
+        options.colors = graph.palette.parse().map_err(|e: String| anyhow::anyhow!("--palette: {e}"))?;
+        options.min_width = graph.min_width;
+        options.reverse_stack_order = graph.reverse;
+        if graph.inverted {
+            options.direction = flamegraph::Direction::Inverted;
+        }
         options.deterministic = true;
-        let file = File::create(path).with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
         let lines = self.lines();
         if lines.is_empty() {
             anyhow::bail!("no stacks to draw: the traced program made no {count_name}-weighted probe hits");
         }
+        let file = File::create(path).with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
         flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), BufWriter::new(file))
             .with_context(|| format!("inferno could not render {}", path.display()))
     }
+
+    /// Removes the allocator's own frames from the top of every stack (see
+    /// [`allocator_frames`]), merging the stacks that become the same.
+    pub fn trim_allocator_frames(&mut self) {
+        let stacks = std::mem::take(&mut self.stacks);
+        for (stack, weight) in stacks {
+            let frames: Vec<&str> = stack.split(';').collect();
+            let keep = frames.len() - allocator_frames(frames.iter().rev().copied());
+            let key = if keep == frames.len() { stack.clone() } else { frames[..keep].join(";") };
+            *self.stacks.entry(key).or_insert(0) += weight;
+        }
+    }
+}
+
+/// How the flame graph is drawn (what cargo-flamegraph users reach for).
+#[derive(clap::Args, Debug, Clone)]
+#[non_exhaustive]
+pub struct Graph {
+    /// Keep the allocator's own frames atop each tower (heapprobe's wrapper,
+    /// `__rust_alloc`, and the standard library's plumbing under the
+    /// collection method the code called). Default: `false`: every tower
+    /// ends at the allocation site.
+    #[arg(long)]
+    pub keep_allocator_frames: bool,
+    /// The title. Default: what was traced, the probe and the weight.
+    #[arg(long, value_name = "TEXT")]
+    pub title: Option<String>,
+    /// Leave out boxes narrower than this many pixels (of 1200). Default: `0.1`.
+    #[arg(long, value_name = "PIXELS", default_value_t = 0.1, hide_default_value = true)]
+    pub min_width: f64,
+    /// Stack-reversed: allocation sites at the base, their callers above
+    /// (which sites allocate most, whoever calls them). Default: `false`.
+    #[arg(long)]
+    pub reverse: bool,
+    /// An icicle graph: drawn from the top down. Default: `false`.
+    #[arg(long)]
+    pub inverted: bool,
+    /// inferno's colour palette: mem, hot, io, red, green, blue, aqua,
+    /// yellow, purple, orange, rust, java, js, perl, python, wakeup. Default:
+    /// `mem`.
+    #[arg(long, value_name = "NAME", default_value = "mem", hide_default_value = true,
+          value_parser = clap::builder::PossibleValuesParser::new(PALETTES))]
+    pub palette: String,
+    /// Open the flame graph when done (with `xdg-open`). Default: `false`.
+    #[arg(long)]
+    pub open: bool,
+}
+
+/// The palettes `--palette` takes (inferno's).
+pub const PALETTES: [&str; 16] = [
+    "mem", "hot", "io", "red", "green", "blue", "aqua", "yellow", "purple", "orange", "rust", "java", "js", "perl",
+    "python", "wakeup",
+];
+
+impl Default for Graph {
+    fn default() -> Self {
+        Self {
+            keep_allocator_frames: false,
+            title: None,
+            min_width: 0.1,
+            reverse: false,
+            inverted: false,
+            palette: String::from("mem"),
+            open: false,
+        }
+    }
+}
+
+impl Graph {
+    /// Opens `svg` with `xdg-open` when asked to (`--open`); a failure to
+    /// open is a warning, not an error: the graph is written.
+    pub fn open_if_asked(&self, svg: &Path) {
+        if !self.open {
+            return;
+        }
+        let opened = std::process::Command::new("xdg-open")
+            .arg(svg)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = opened {
+            eprintln!("warning: --open: cannot run xdg-open ({e}); open {} yourself", svg.display());
+        }
+    }
+}
+
+/// How many of `frames_leaf_first` are the allocator's own, to trim from the
+/// top of a tower. The rule:
+///
+/// 1. heapprobe's frames (`heapprobe::…`: the `GlobalAlloc` wrapper, its slow
+///    and cold paths, `Local`'s `Allocator` impl) and the global allocator's
+///    shims (`__rust_alloc`, `__rustc::__rust_realloc`, `__rdl_alloc`, …) go;
+/// 2. then, of the standard library's frames left on top (crates `alloc`,
+///    `core`, `std`, and `hashbrown`, std's map), only the outermost stays:
+///    the method the code called (`Vec::with_capacity`, `Box::new`,
+///    `HashMap::insert`), not `RawVec`, `Global::alloc_impl` or
+///    `box_new_uninit` under it.
+///
+/// It stops at the first other frame (the code that allocated, or
+/// `[unknown]`), and never takes every frame: a stack of allocator frames
+/// only keeps its outermost.
+pub fn allocator_frames<'a>(frames_leaf_first: impl Iterator<Item = &'a str>) -> usize {
+    let frames: Vec<&str> = frames_leaf_first.collect();
+    let mut trimmed = frames.iter().take_while(|f| is_allocator_frame(f)).count();
+    let library = frames[trimmed..].iter().take_while(|f| is_std_frame(f)).count();
+    trimmed += library.saturating_sub(1);
+    trimmed.min(frames.len().saturating_sub(1))
+}
+
+/// heapprobe's own frames and the global allocator's shims.
+fn is_allocator_frame(frame: &str) -> bool {
+    let name = frame.strip_prefix("__rustc::").unwrap_or(frame);
+    crate_of(frame) == Some("heapprobe")
+        || name.starts_with("__rust_")
+        || name.starts_with("__rdl_")
+        || name.starts_with("__rg_")
+}
+
+/// The standard library's frames (and hashbrown's: std's maps are it).
+fn is_std_frame(frame: &str) -> bool {
+    matches!(crate_of(frame), Some("alloc" | "core" | "std" | "hashbrown"))
+}
+
+/// The crate a demangled frame belongs to: the first path segment, or for
+/// `<Type as Trait>::method`, the type's crate when it has a path (an impl
+/// for a type of that crate), else the trait's (`<[T] as
+/// alloc::slice::hack::ConvertVec>`).
+pub fn crate_of(frame: &str) -> Option<&str> {
+    fn first_segment(path: &str) -> Option<&str> {
+        let end = path.find("::")?;
+        let segment = &path[..end];
+        (!segment.is_empty() && segment.chars().all(|c| c.is_alphanumeric() || c == '_')).then_some(segment)
+    }
+    let Some(qualified) = frame.strip_prefix('<') else { return first_segment(frame) };
+    // `<Type as Trait>::…` or `<Type>::…`: split at the top-level ` as `.
+    let mut depth = 0usize;
+    let bytes = qualified.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'<' | b'[' | b'(' => depth += 1,
+            b'>' | b']' | b')' if depth == 0 => return first_segment(&qualified[..i]),
+            b'>' | b']' | b')' => depth -= 1,
+            b' ' if depth == 0 && qualified[i..].starts_with(" as ") => {
+                return first_segment(&qualified[..i]).or_else(|| first_segment(&qualified[i + 4..]));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Where a folded stack allocated: its innermost frame that is not allocator
@@ -188,6 +364,74 @@ mod tests {
         assert_eq!(folded.lines(), ["main;[unknown];alloc 8", "main;make_vec;alloc 48"]);
         assert_eq!((folded.events, folded.total, folded.frames, folded.unknown_frames), (4, 56, 11, 1));
         assert_eq!(folded.top(1), [("main;make_vec;alloc", 48)]);
+    }
+
+    /// The frames of `it_works`'s stacks in a dev build (leaf first).
+    #[test]
+    fn allocator_frames_are_trimmed_down_to_the_method_called() {
+        let trim = |stack: &str| {
+            let frames: Vec<&str> = stack.split(';').collect();
+            let n = allocator_frames(frames.iter().rev().copied());
+            frames[..frames.len() - n].join(";")
+        };
+        assert_eq!(
+            trim("main;it_works::build_inventory;alloc::vec::Vec<T>::with_capacity;alloc::vec::Vec<T,A>::with_capacity_in;\
+                  alloc::raw_vec::RawVecInner<A>::try_allocate_in;<alloc::alloc::Global as core::alloc::Allocator>::allocate;\
+                  alloc::alloc::Global::alloc_impl_runtime;alloc::alloc::alloc;__rustc::__rust_alloc;\
+                  <heapprobe::alloc::Heapprobe<A> as core::alloc::global::GlobalAlloc>::alloc;heapprobe::alloc::cold"),
+            "main;it_works::build_inventory;alloc::vec::Vec<T>::with_capacity"
+        );
+        assert_eq!(
+            trim(
+                "main;it_works::build_inventory;alloc::boxed::box_new_uninit;alloc::alloc::Global::alloc_impl_runtime;\
+                  __rustc::__rust_alloc;<heapprobe::alloc::Heapprobe<A> as core::alloc::global::GlobalAlloc>::alloc"
+            ),
+            "main;it_works::build_inventory;alloc::boxed::box_new_uninit"
+        );
+        // A user's impl of a std trait is the user's code.
+        assert_eq!(
+            trim(
+                "main;<app::Doc as core::clone::Clone>::clone;<alloc::string::String as core::clone::Clone>::clone;\
+                  <[T] as alloc::slice::hack::ConvertVec>::to_vec;alloc::alloc::alloc;__rust_alloc"
+            ),
+            "main;<app::Doc as core::clone::Clone>::clone;<alloc::string::String as core::clone::Clone>::clone"
+        );
+        // Unknown frames and stacks of allocator frames only.
+        assert_eq!(trim("main;[unknown];__rust_alloc"), "main;[unknown]");
+        assert_eq!(trim("alloc::alloc::alloc;__rust_alloc"), "alloc::alloc::alloc");
+        assert_eq!(trim("__rust_alloc"), "__rust_alloc");
+        assert_eq!(trim("main;app::f"), "main;app::f");
+    }
+
+    #[test]
+    fn frames_belong_to_crates() {
+        assert_eq!(crate_of("alloc::vec::Vec<T,A>::push"), Some("alloc"));
+        assert_eq!(
+            crate_of("<heapprobe::alloc::Heapprobe<A> as core::alloc::global::GlobalAlloc>::alloc"),
+            Some("heapprobe")
+        );
+        assert_eq!(crate_of("<[T] as alloc::slice::hack::ConvertVec>::to_vec"), Some("alloc"));
+        assert_eq!(crate_of("<alloc::vec::Vec<T,A> as core::ops::drop::Drop>::drop"), Some("alloc"));
+        assert_eq!(crate_of("<app::X<[u8; 4]> as core::fmt::Debug>::fmt"), Some("app"));
+        assert_eq!(crate_of("<std::collections::hash::map::HashMap<K,V,S>>::insert"), Some("std"));
+        assert_eq!(crate_of("[unknown]"), None);
+        assert_eq!(crate_of("main"), None);
+    }
+
+    #[test]
+    fn trimming_merges_the_stacks_that_become_the_same() {
+        let mut folded = Folded::default();
+        folded.add(
+            &stack(&["heapprobe::a", "__rust_alloc", "alloc::raw_vec::x", "alloc::vec::Vec<T>::push", "app::f"]),
+            8,
+        );
+        folded.add(
+            &stack(&["heapprobe::a", "__rust_realloc", "alloc::raw_vec::y", "alloc::vec::Vec<T>::push", "app::f"]),
+            16,
+        );
+        folded.trim_allocator_frames();
+        assert_eq!(folded.lines(), ["app::f;alloc::vec::Vec<T>::push 24"]);
+        assert_eq!(folded.total, 24);
     }
 
     #[test]

@@ -1,63 +1,22 @@
-//! `cargo xtask`: heapprobe's automation. One module per subcommand; this
-//! file only parses the command line and dispatches.
+//! `cargo heapprobe`: the subcommand cargo runs as `cargo-heapprobe
+//! heapprobe ARGS`. Parses the command line and hands it to the library.
 
-mod bench;
-mod doctor;
-mod flame;
-mod fold;
-mod probes;
-mod target;
-mod test;
-mod trace;
-mod util;
+use clap::Parser;
 
-use clap::{Parser, Subcommand};
-
-/// heapprobe's developer tasks.
+/// Allocation flame graphs of any test, binary or process that uses
+/// heapprobe, recorded with perf or bpftrace.
 #[derive(Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+#[command(name = "cargo heapprobe", bin_name = "cargo heapprobe", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Trace a test, binary or running process and write a byte-weighted
-    /// allocation flame graph (flamegraph.svg).
-    Trace(trace::Args),
-    /// Fold and render a `perf script` capture or perf.data recorded
-    /// elsewhere (such as by scripts/perf-flamegraph.sh on a production host).
-    Fold(fold::Args),
-    /// List the SDT probes of a binary, a target or a running process
-    /// (provider, name, address, file offset, semaphore, arguments).
-    Probes(probes::Args),
-    /// Check that this machine can trace, and that a binary (a target,
-    /// PATH or --pid) is traceable; prints the exact fix for each problem.
-    Doctor(doctor::Args),
-    /// Measure what tracing costs: one workload untraced, under a bare
-    /// uprobe and under each backend, plus folding 1 million events.
-    Bench(bench::Args),
-    /// Run the whole test suite: every feature set, the end-to-end tracing
-    /// tests included (installs perf and bpftrace first when root).
-    Test(test::Args),
+    command: heapprobe_cli::Command,
 }
 
 fn main() -> std::process::ExitCode {
-    let result = match Cli::parse().command {
-        Command::Trace(args) => trace::run(args),
-        Command::Fold(args) => fold::run(args),
-        Command::Probes(args) => probes::run(args),
-        Command::Doctor(args) => doctor::run(args),
-        Command::Test(args) => test::run(args),
-        Command::Bench(args) => bench::run(args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            // `{:#}`: the whole cause chain on one line, without a backtrace.
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Run by cargo as `cargo-heapprobe heapprobe ...`; run directly without it.
+    if args.get(1).is_some_and(|a| a == "heapprobe") {
+        args.remove(1);
     }
+    heapprobe_cli::exit_code(Cli::parse_from(args).command.run())
 }

@@ -1,22 +1,27 @@
-//! `cargo xtask probes`: the SDT probes of a binary, read from its ELF notes
+//! `cargo heapprobe probes`: the SDT probes of a binary, read from its ELF notes
 //! in Rust (like bcc's `tplist`), with the file offsets heapprobe registers.
 
 use anyhow::bail;
 use heapprobe_sdt::{Binary, Site};
 
-use crate::target::InspectArgs;
+use crate::target::Inspect;
 
-/// Options of `cargo xtask probes`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// Options of `cargo heapprobe probes`.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Options {
+    /// The binary: a PATH, a running process, or a target to build.
     #[command(flatten)]
-    binary: InspectArgs,
-    /// List every provider's probes, not only heapprobe's.
+    pub binary: Inspect,
+    /// List every provider's probes, not only heapprobe's. Default: `false`.
     #[arg(long)]
-    all: bool,
+    pub all: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Prints the probes of the binary `options` names. Fails when it has no
+/// heapprobe probe (or none at all, with `all`).
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let args = options;
     let Some(exe) = args.binary.exe()? else {
         bail!("which binary? give a PATH, --pid PID, or a target (--test, --bin, --example, --bench, --lib)");
     };
@@ -75,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if binary.code_offset_differs() {
         println!(
             "note: code is mapped at a virtual address that differs from its file offset (rust-lld's layout): \
-             `perf probe sdt_heapprobe:*` from perf 6.1 would misplace these probes; `cargo xtask trace` places \
+             `perf probe sdt_heapprobe:*` from perf 6.1 would misplace these probes; `cargo heapprobe trace` places \
              them at the file offsets above"
         );
     }

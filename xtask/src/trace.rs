@@ -1,4 +1,4 @@
-//! `cargo xtask trace`: from a test, a binary or a live PID to a
+//! `cargo heapprobe trace`: from a test, a binary or a live PID to a
 //! byte-weighted `flamegraph.svg`.
 
 mod bpftrace;
@@ -13,56 +13,110 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use heapprobe_sdt::{Binary, UprobeGroup};
 
-use crate::flame::{self, Folded};
-use crate::target::{self, TargetArgs};
+use crate::flame::{self, Folded, Graph};
+use crate::target::{self, Build, Target};
 use crate::util::{self, Progress};
 
 /// The provider heapprobe's probes belong to.
 pub const PROVIDER: &str = "heapprobe";
 
-/// Options of `cargo xtask trace`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
+/// Options of `cargo heapprobe trace`. Build one from
+/// [`Default::default`] and set what differs (the fields are public; more
+/// may come, so it cannot be written as a literal).
+#[derive(clap::Args, Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// What to build and run.
     #[command(flatten)]
-    target: TargetArgs,
+    pub target: Target,
+    /// Where and how to build it.
+    #[command(flatten)]
+    pub build: Build,
     /// Attach to this running process (it must use heapprobe) instead of
-    /// building and running a target.
+    /// building and running a target. Default: none.
     #[arg(long, value_name = "PID", conflicts_with = "target")]
-    pid: Option<u32>,
-    /// With --pid: stop recording after this many seconds (default: at Ctrl-C).
+    pub pid: Option<u32>,
+    /// With --pid: stop recording after this many seconds. Default: at
+    /// Ctrl-C.
     #[arg(long, value_name = "SECS", requires = "pid")]
-    duration: Option<f64>,
+    pub duration: Option<f64>,
     /// The probe to record: alloc, dealloc, realloc, alloc_locked (only
-    /// allocations inside measured scopes), ... (see `probes/heapprobe.d`).
-    #[arg(long, default_value = "alloc")]
-    event: String,
-    /// What each stack is weighted by.
-    #[arg(long, value_enum, default_value_t = Weight::Bytes)]
-    weight: Weight,
+    /// allocations inside measured scopes), local_alloc, ... (see
+    /// `probes/heapprobe.d`). Default: `alloc`.
+    #[arg(long, default_value = "alloc", hide_default_value = true)]
+    pub event: String,
+    /// Only the hits whose `id` argument is N: one `Local` instance (the
+    /// `local_*` probes), or one measured scope (`scope_begin`, `scope_end`).
+    /// Default: every hit.
+    #[arg(long, value_name = "N")]
+    pub id: Option<u64>,
+    /// What each stack is weighted by. Default: `bytes`.
+    #[arg(long, value_enum, default_value_t = Weight::Bytes, hide_default_value = true)]
+    pub weight: Weight,
     /// Where to write the flame graph; the folded stacks go next to it
-    /// (`flamegraph.folded`).
-    #[arg(short, long, default_value = "flamegraph.svg")]
-    output: PathBuf,
+    /// (`flamegraph.folded`). Default: `flamegraph.svg`.
+    #[arg(short, long, default_value = "flamegraph.svg", hide_default_value = true)]
+    pub output: PathBuf,
     /// The recorder: `perf` (events streamed to user space, then folded) or
-    /// `bpftrace` (stacks and sums aggregated in the kernel).
-    #[arg(long, value_enum, default_value_t = Backend::Perf)]
-    backend: Backend,
+    /// `bpftrace` (stacks and sums aggregated in the kernel). Default: `perf`.
+    #[arg(long, value_enum, default_value_t = Backend::Perf, hide_default_value = true)]
+    pub backend: Backend,
     /// How perf unwinds stacks: `fp` (frame pointers; small and fast, what
     /// traced builds have) or `dwarf` (for binaries built without frame
-    /// pointers; copies 8 KiB of stack per event).
-    #[arg(long, value_enum, default_value_t = CallGraph::Fp)]
-    call_graph: CallGraph,
-    /// Keep the raw recording (perf.data) next to the output.
+    /// pointers; copies 8 KiB of stack per event). Default: `fp`.
+    #[arg(long, value_enum, default_value_t = CallGraph::Fp, hide_default_value = true)]
+    pub call_graph: CallGraph,
+    /// Keep the raw recording (perf.data) next to the output. Default:
+    /// `false`.
     #[arg(long)]
-    keep: bool,
+    pub keep: bool,
     /// Fail when more than this share of the events, in percent, was lost:
     /// dropped by the kernel, missing from the recorder's output, or (with
-    /// bpftrace) left without a stack. Losses are always reported.
-    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_MAX_LOST)]
-    max_lost: f64,
-    /// Echo the commands run.
+    /// bpftrace) left without a stack. Losses are always reported. Default:
+    /// `1`.
+    #[arg(long, value_name = "PERCENT", default_value_t = DEFAULT_MAX_LOST, hide_default_value = true)]
+    pub max_lost: f64,
+    /// How the flame graph is drawn.
+    #[command(flatten)]
+    pub graph: Graph,
+    /// Echo the commands run. Default: `false`.
     #[arg(short, long)]
-    verbose: bool,
+    pub verbose: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            target: Target::default(),
+            build: Build::default(),
+            pid: None,
+            duration: None,
+            event: String::from("alloc"),
+            id: None,
+            weight: Weight::Bytes,
+            output: PathBuf::from("flamegraph.svg"),
+            backend: Backend::Perf,
+            call_graph: CallGraph::Fp,
+            keep: false,
+            max_lost: DEFAULT_MAX_LOST,
+            graph: Graph::default(),
+            verbose: false,
+        }
+    }
+}
+
+/// What a trace wrote, and its totals.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// The flame graph (`None` when nothing weighed anything).
+    pub svg: Option<PathBuf>,
+    /// The folded stacks.
+    pub folded: PathBuf,
+    /// Probe hits folded.
+    pub events: u64,
+    /// Their summed weight (bytes, calls or bytes copied).
+    pub total: u64,
 }
 
 /// `--max-lost`'s default, in percent of the events recorded.
@@ -94,8 +148,15 @@ pub enum Weight {
     Bytes,
     /// One per probe hit.
     Count,
-    /// Bytes copied by reallocs that moved the block (realloc probes only).
+    /// Bytes copied by reallocs that moved the block (`realloc`,
+    /// `realloc_locked`, and `Local`'s `local_grow` and `local_shrink`).
     Moved,
+}
+
+/// The probes `--weight moved` takes: those with the four arguments of a
+/// move (`old_ptr`, `new_ptr`, `old_size`, `new_size`).
+pub fn moves(probe: &str) -> bool {
+    matches!(probe, "realloc" | "realloc_locked" | "local_grow" | "local_shrink")
 }
 
 impl Weight {
@@ -121,9 +182,10 @@ impl Weight {
                      record again, or fold with --weight count)",
                 )
             }),
-            Weight::Moved if !probe.starts_with("realloc") => {
-                Err(String::from("is not a realloc probe: --weight moved needs --event realloc (or realloc_locked)"))
-            }
+            Weight::Moved if !moves(probe) => Err(String::from(
+                "is not a realloc probe: --weight moved needs --event realloc, realloc_locked, local_grow or \
+                 local_shrink",
+            )),
             Weight::Moved => match (args("old_ptr"), args("new_ptr"), args("old_size"), args("new_size")) {
                 (Some(old), Some(new), Some(old_size), Some(new_size)) => {
                     Ok(if old != new { old_size.min(new_size) } else { 0 })
@@ -215,10 +277,9 @@ impl Recorded {
                 self.parsed_events,
                 self.parsed_total.unwrap_or(0)
             )),
-            (Some(events), None) => lines.push(format!(
-                "recorded: {events} {}; {} events read back by perf script",
-                self.source, self.parsed_events
-            )),
+            (Some(events), None) => {
+                lines.push(format!("recorded: {events} {}; {} events read back", self.source, self.parsed_events))
+            }
             (None, _) => lines.push(String::from(
                 "recorded: unknown (a text capture without a heapprobe-capture line: fold the perf.data itself, or \
                  a capture written by scripts/perf-flamegraph.sh, to check the totals against perf's own count)",
@@ -318,8 +379,13 @@ pub static RECORDER_PID: AtomicU32 = AtomicU32::new(0);
 /// runs, for forwarding Ctrl-C to it instead: the recorder ends with it.
 pub static TARGET_PID: AtomicU32 = AtomicU32::new(0);
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    check_event(&args)?;
+/// Traces what `options` names and writes the flame graph and the folded
+/// stacks; prints progress on stderr and the summary on stdout. Fails (after
+/// writing what was recorded) when the traced program failed, or when more
+/// events were lost than `--max-lost` allows.
+pub fn run(options: &Options) -> anyhow::Result<Outcome> {
+    let args = options;
+    check_event(&args.event, args.weight, args.id)?;
     if !(0.0..=100.0).contains(&args.max_lost) {
         bail!("--max-lost is a percentage: give a number from 0 to 100, not {}", args.max_lost);
     }
@@ -339,10 +405,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     install_ctrlc_forwarding()?;
 
     let progress = Progress::new();
-    let (exe, run_args, label) = match args.pid {
+    let built = match args.pid {
         Some(pid) => {
-            let exe = target::inspected_exe(None, Some(pid), &args.target, args.verbose)?.expect("a pid was given");
-            (exe, Vec::new(), format!("pid {pid}"))
+            let exe = target::inspected_exe(None, Some(pid), &args.target, &args.build, args.verbose)?
+                .expect("a pid was given");
+            target::Built { exe, args: Vec::new(), label: format!("pid {pid}"), dir: None, env: Vec::new() }
         }
         None => {
             if !args.target.is_set() {
@@ -350,13 +417,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "choose what to trace: --test NAME, --bin NAME, --example NAME, --bench NAME, --lib or --pid PID"
                 );
             }
-            progress.step("building (profile `trace`: debuginfo and frame pointers)");
-            let built = target::build(&args.target, args.verbose)?;
-            (built.exe, built.args, built.label)
+            progress.step(&format!(
+                "building (profile `{}`: {}debuginfo and frame pointers)",
+                args.build.profile(),
+                if args.build.release { "optimised, with " } else { "" }
+            ));
+            let built = target::build(&args.target, &args.build, args.verbose)?;
+            warn_without_frame_pointers(&built.exe);
+            built
         }
     };
+    let (exe, run_args, label) = (&built.exe, &built.args, &built.label);
 
-    let binary = Binary::open(&exe)?;
+    let binary = Binary::open(exe)?;
     let sites = binary.valid_probes(Some(PROVIDER)).filter(|p| p.name == args.event).count();
     if sites == 0 {
         if binary.valid_probes(Some(PROVIDER)).next().is_none() {
@@ -373,12 +446,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.event
         );
     }
+    if args.pid.is_none() {
+        refuse_dark_semaphores(&binary, exe, &args.event)?;
+    }
     progress.step(&format!("recording {label} ({sites} probe sites of heapprobe:{}, {:?})", args.event, args.backend));
     let started = Instant::now();
-    let (recording, work) = match args.backend {
-        Backend::Perf => record_with_perf(&args, &tool, &binary, &exe, &run_args, &setpriv, &progress)?,
+    let (mut recording, work) = match args.backend {
+        Backend::Perf => record_with_perf(args, &tool, &binary, &built, &setpriv, &progress)?,
         Backend::Bpftrace => {
-            let workload = bpftrace::Workload { exe: &exe, args: &run_args, pid: args.pid, duration: args.duration };
+            let workload = bpftrace::Workload {
+                exe,
+                args: run_args,
+                dir: built.dir.as_deref(),
+                env: &built.env,
+                pid: args.pid,
+                duration: args.duration,
+                id: args.id,
+            };
             (bpftrace::record(&tool, &binary, &args.event, args.weight, &workload, &progress, args.verbose)?, None)
         }
     };
@@ -390,12 +474,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&work);
         }
     }
+    if !args.graph.keep_allocator_frames {
+        recording.folded.trim_allocator_frames();
+    }
 
     let folded_path = args.output.with_extension("folded");
     recording.folded.write(&folded_path)?;
     let weight = args.weight;
     let totals = summary_line(&recording.folded, weight);
     let title = format!("heapprobe: {label}, heapprobe:{} by {}", args.event, weight.count_name());
+    let mut outcome = Outcome {
+        svg: None,
+        folded: folded_path.clone(),
+        events: recording.folded.events,
+        total: recording.folded.total,
+    };
     if recording.folded.total == 0 {
         print_summary(&recording, weight, &args.event, args.pid, &folded_path, None, elapsed);
         recording.recorded.check(args.max_lost, weight)?;
@@ -406,14 +499,59 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             weight.count_name()
         );
     }
-    recording.folded.render(&args.output, &title, &totals, weight.count_name())?;
+    recording.folded.render(&args.output, &title, &totals, weight.count_name(), &args.graph)?;
+    outcome.svg = Some(args.output.clone());
     print_summary(&recording, weight, &args.event, args.pid, &folded_path, Some(&args.output), elapsed);
+    args.graph.open_if_asked(&args.output);
     match recording.status {
         Some(ended) if ended != Ended::Exited(0) => bail!(
-            "the traced program ended badly ({ended}); the profile of what it allocated until then is in {}",
+            "the traced {} ended badly ({ended}); the profile of what it allocated until then is in {}",
+            if label.starts_with("test") { "test" } else { "program" },
             args.output.display()
         ),
-        _ => recording.recorded.check(args.max_lost, weight),
+        _ => recording.recorded.check(args.max_lost, weight).map(|()| outcome),
+    }
+}
+
+/// Fails when a semaphore of `event`'s sites sits in a file page that an
+/// earlier writable segment (RELRO) maps too: traced from its start, the
+/// program's semaphore would never be set (the kernel counts in RELRO's
+/// copy), and every guarded site would stay dark (DEVELOPERS.md, trap 4).
+fn refuse_dark_semaphores(binary: &Binary, exe: &Path, event: &str) -> anyhow::Result<()> {
+    let pages: Vec<String> = binary
+        .valid_probes(Some(PROVIDER))
+        .filter(|p| p.name == event)
+        .filter_map(|p| p.semaphore.and_then(|sem| crate::doctor::shared_relro_page(&binary.segments, sem)))
+        .map(|page| format!("{page:#x}"))
+        .collect();
+    if let Some(page) = pages.first() {
+        bail!(
+            "the semaphores of heapprobe:{event} in {} sit in a file page ({page}) that its RELRO segment maps too: \
+             traced from its start, the kernel would set the RELRO copy and every guarded site would stay dark (0 \
+             events). Link it with `-C link-arg=-Wl,-z,separate-loadable-segments` (in RUSTFLAGS), or build \
+             heapprobe with its default `probe` feature (no semaphores), or start the program yourself and trace \
+             it with --pid once it runs (the RELRO copy is read-only by then)",
+            exe.display()
+        );
+    }
+    Ok(())
+}
+
+/// Warns when `exe`'s own functions mostly lack frame pointers (the
+/// user's cargo configuration overrode the flag: `target.<triple>.rustflags`
+/// wins over the `build.rustflags` it goes into).
+fn warn_without_frame_pointers(exe: &Path) {
+    let Ok(data) = std::fs::read(exe) else { return };
+    if let Some((own, with_fp)) = crate::doctor::frame_pointers(&data) {
+        if own > 0 && u64::from(with_fp) * 100 < u64::from(own) * 80 {
+            eprintln!(
+                "warning: only {with_fp} of the {own} functions of {} set up a frame pointer, so stacks will skip \
+                 callers: a `target.<triple>.rustflags` in your cargo configuration replaces the `build.rustflags` \
+                 that add `-C force-frame-pointers=yes`; set RUSTFLAGS=\"-C force-frame-pointers=yes\" for this \
+                 command (or add the flag there)",
+                exe.display()
+            );
+        }
     }
 }
 
@@ -499,11 +637,10 @@ fn sweep_scratch(dir: &Path) -> Vec<String> {
 
 /// Records with perf; returns the recording and the scratch directory.
 fn record_with_perf(
-    args: &Args,
+    args: &Options,
     perf: &str,
     binary: &Binary,
-    exe: &Path,
-    run_args: &[String],
+    built: &target::Built,
     setpriv: &Path,
     progress: &Progress,
 ) -> anyhow::Result<(Recording, Option<PathBuf>)> {
@@ -518,8 +655,10 @@ fn record_with_perf(
         perf,
         &group,
         &perf::Workload {
-            exe,
-            args: run_args,
+            exe: &built.exe,
+            args: &built.args,
+            dir: built.dir.as_deref(),
+            env: &built.env,
             setpriv,
             pid: args.pid,
             duration: args.duration,
@@ -541,11 +680,14 @@ fn record_with_perf(
     };
     removed.context("could not remove the uprobes this run registered")?;
     progress.step("folding stacks");
-    let ticker = progress.live("perf script and folding:");
-    let recording = perf::fold(perf, &data, args.weight, status, args.verbose);
+    let ticker = progress.live("reading perf.data and folding:");
+    let recording = perf::fold(&data, &args.event, args.weight, args.id, status);
     drop(ticker);
     match recording {
-        Ok(recording) => Ok((recording, Some(work))),
+        Ok((recording, decoded)) => {
+            report_decoding(&decoded);
+            Ok((recording, Some(work)))
+        }
         Err(e) if args.keep => Err(e.context(format!("the recording is kept in {}", data.display()))),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&work);
@@ -554,18 +696,46 @@ fn record_with_perf(
     }
 }
 
-fn check_event(args: &Args) -> anyhow::Result<()> {
-    let Some((_, arg_list)) = heapprobe::probes::PROBES.iter().find(|(name, _)| *name == args.event) else {
+/// Warnings about what a perf.data held beyond the probe's samples: files
+/// rebuilt since, throttling, records of unknown kinds.
+pub fn report_decoding(decoded: &perf_data::Decoded) {
+    for path in &decoded.rebuilt {
+        eprintln!(
+            "warning: {} was rebuilt since it was recorded (its build id differs): its frames are [unknown]",
+            path.display()
+        );
+    }
+    if decoded.throttled > 0 {
+        eprintln!(
+            "warning: the kernel throttled the events {} time(s): samples were dropped uncounted (raise \
+             kernel.perf_event_max_sample_rate)",
+            decoded.throttled
+        );
+    }
+    for (kind, n) in &decoded.unknown_records {
+        eprintln!("note: {n} record(s) of a kind this reader does not know ({kind}) were skipped");
+    }
+}
+
+/// Checks `event`, `weight` and `id` against the probe table.
+pub fn check_event(event: &str, weight: Weight, id: Option<u64>) -> anyhow::Result<()> {
+    let Some((_, arg_list)) = heapprobe::probes::PROBES.iter().find(|(name, _)| *name == event) else {
         let names = heapprobe::probes::PROBES.iter().map(|(n, _)| *n);
-        bail!("no heapprobe probe named {:?}{}", args.event, target::closest(&args.event, names));
+        bail!("no heapprobe probe named {event:?}{}", target::closest(event, names));
     };
-    match args.weight {
+    if id.is_some() && !arg_list.contains(&"id") {
+        bail!(
+            "heapprobe:{event} has no id argument: --id picks one `Local` instance (--event local_alloc, \
+             local_dealloc, local_grow, local_shrink, local_failed) or one scope (scope_begin, scope_end)"
+        );
+    }
+    match weight {
         Weight::Bytes if !arg_list.iter().any(|a| *a == "size" || *a == "new_size") => {
-            bail!("heapprobe:{} has no size argument: use --weight count", args.event)
+            bail!("heapprobe:{event} has no size argument: use --weight count")
         }
-        Weight::Moved if !args.event.starts_with("realloc") => {
-            bail!("--weight moved needs a realloc probe: add --event realloc (or realloc_locked)")
-        }
+        Weight::Moved if !moves(event) => bail!(
+            "--weight moved needs a probe of moves: add --event realloc (or realloc_locked, local_grow, local_shrink)"
+        ),
         _ => Ok(()),
     }
 }
@@ -613,7 +783,8 @@ pub fn check_output_writable(output: &Path) -> anyhow::Result<()> {
 fn work_dir(output: &Path) -> anyhow::Result<PathBuf> {
     let work = output_dir(output).join(format!(".heapprobe-trace-{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    Ok(work)
+    // Absolute: the recorder may run the program in another directory.
+    work.canonicalize().with_context(|| format!("cannot resolve {}", work.display()))
 }
 
 /// Ctrl-C stops the recording, not us: the recorder gets SIGINT (from the
@@ -678,19 +849,22 @@ pub fn print_summary(
     for line in recording.recorded.summary(weight) {
         println!("{line}");
     }
+    if folded.filtered > 0 {
+        println!("other ids: {} hits of heapprobe:{event} whose id is not --id's (not drawn)", folded.filtered);
+    }
     let unknown = folded.unknown_percent();
     println!("unsymbolised frames: {unknown:.1}%");
     if unknown > 10.0 {
         println!(
             "warning: more than 10% of frames are [unknown]: build with debuginfo and frame pointers \
-             (`cargo xtask trace` does this for workspace targets; for other binaries use \
+             (`cargo heapprobe trace` does this for the targets it builds; for other binaries use \
              RUSTFLAGS=\"-C force-frame-pointers=yes\" and `debug = true`)"
         );
     }
     if folded.stacks_added > 0 && folded.frames < 4 * folded.stacks_added {
         println!(
             "warning: stacks average {:.1} frames: the program was probably built without frame pointers \
-             (build it with RUSTFLAGS=\"-C force-frame-pointers=yes\"; `cargo xtask trace` does for \
+             (build it with RUSTFLAGS=\"-C force-frame-pointers=yes\"; `cargo heapprobe trace` does for \
              workspace targets)",
             folded.frames as f64 / folded.stacks_added as f64
         );

@@ -5,11 +5,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-/// The workspace root (the parent of `xtask/`).
-pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
-}
-
 /// Runs `cmd` with inherited stdio, echoing it first; fails on a non-zero exit.
 pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("$ {}", display(cmd));
@@ -160,7 +155,7 @@ pub struct Privileges {
 /// How to get the capabilities the perf backend needs without running
 /// everything as root (tested in `xtask/tests/trace.rs`).
 pub const CAPABILITY_RECIPE: &str = "sudo -E env PATH=\"$PATH\" setpriv --reuid=$(id -u) --regid=$(id -g) \
-     --init-groups --inh-caps=+perfmon,+dac_override --ambient-caps=+perfmon,+dac_override cargo xtask trace ...";
+     --init-groups --inh-caps=+perfmon,+dac_override --ambient-caps=+perfmon,+dac_override cargo heapprobe trace ...";
 
 impl Privileges {
     /// This process's.
@@ -182,7 +177,7 @@ impl Privileges {
         match backend {
             "bpftrace" if !self.root => Some(String::from(
                 "the bpftrace backend needs root (bpftrace 0.17 refuses to run otherwise): run it with sudo \
-                 (`sudo -E env PATH=\"$PATH\" cargo xtask trace --backend bpftrace ...`), or use the perf backend, \
+                 (`sudo -E env PATH=\"$PATH\" cargo heapprobe trace --backend bpftrace ...`), or use the perf backend, \
                  which works with two capabilities",
             )),
             "perf" if !self.can_use_perf() => Some(format!(
@@ -220,7 +215,7 @@ fn effective_capabilities() -> u64 {
         .unwrap_or(0)
 }
 
-/// Step-by-step progress on stderr ("[1] building ...", with elapsed time
+/// Step-by-step progress on stderr (`[1] building ...`, with elapsed time
 /// when stderr is a terminal).
 pub struct Progress {
     started: std::time::Instant,
@@ -228,12 +223,20 @@ pub struct Progress {
     tty: bool,
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Progress {
+    /// Starts the clock; steps are numbered from 1.
     pub fn new() -> Self {
         use std::io::IsTerminal as _;
         Self { started: std::time::Instant::now(), step: std::cell::Cell::new(0), tty: std::io::stderr().is_terminal() }
     }
 
+    /// Prints the next numbered step.
     pub fn step(&self, what: &str) {
         self.step.set(self.step.get() + 1);
         if self.tty {

@@ -20,7 +20,7 @@ fn run(cmd: &mut Command) -> (Output, String, String) {
 }
 
 fn doctor(args: &[&str]) -> (Output, String, String) {
-    run(Command::new(env!("CARGO_BIN_EXE_xtask")).current_dir(root()).arg("doctor").args(args))
+    run(Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe")).current_dir(root()).arg("doctor").args(args))
 }
 
 /// The report line of check `name` (`ok    name   detail`).
@@ -54,7 +54,7 @@ fn doctor_reports_each_binary_property_with_its_fix() {
     assert!(line(&stdout, "frame pointers").starts_with("ok "));
     assert!(line(&stdout, "debuginfo").starts_with("ok "));
     assert!(line(&stdout, "layout").starts_with("WARN ") && line(&stdout, "layout").contains("0x1000"));
-    assert!(fix(&stdout, "layout").contains("cargo xtask trace"));
+    assert!(fix(&stdout, "layout").contains("cargo heapprobe trace"));
     assert!(fix(&stdout, "layout").contains("-Wl,-z,separate-loadable-segments"));
     assert!(stdout.contains("0 failure(s)"));
 
@@ -74,7 +74,7 @@ fn doctor_reports_each_binary_property_with_its_fix() {
     assert!(line(&stdout, "semaphores").starts_with("ok ") && line(&stdout, "semaphores").contains("guarded sites"));
 
     // No probes: a failure, a non-zero exit, and what to do.
-    let (out, stdout, stderr) = doctor(&[env!("CARGO_BIN_EXE_xtask")]);
+    let (out, stdout, stderr) = doctor(&[env!("CARGO_BIN_EXE_cargo-heapprobe")]);
     assert!(!out.status.success());
     assert!(line(&stdout, "probes").starts_with("FAIL "));
     assert!(fix(&stdout, "probes").contains("`#[global_allocator]`"));
@@ -109,7 +109,7 @@ fn doctor_names_missing_privileges_and_tools() {
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(format!("--inh-caps={caps}"))
             .arg(format!("--ambient-caps={caps}"))
-            .arg(env!("CARGO_BIN_EXE_xtask"))
+            .arg(env!("CARGO_BIN_EXE_cargo-heapprobe"))
             .arg("doctor")
             .current_dir("/");
         cmd
@@ -136,7 +136,7 @@ fn doctor_names_missing_privileges_and_tools() {
 }
 
 fn doctor_with_env(vars: &[(&str, &str)]) -> (Output, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe"));
     cmd.current_dir(root()).arg("doctor").envs(vars.iter().copied());
     run(&mut cmd)
 }
@@ -147,7 +147,7 @@ fn xtask_in_namespace(setup: &str, args: &[&str]) -> (Output, String, String) {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!("{setup} && exec \"$0\" \"$@\""))
-        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .arg(env!("CARGO_BIN_EXE_cargo-heapprobe"))
         .args(args)
         .current_dir(root());
     run(&mut cmd)
@@ -185,5 +185,94 @@ fn tracefs_missing_is_mounted_when_root_or_explained() {
     assert!(!out.status.success());
     assert!(line(&stdout, "tracefs").starts_with("FAIL "));
     assert!(fix(&stdout, "tracefs").contains("mount -t tracefs nodev /sys/kernel/tracing"));
+    assert_no_heapprobe_uprobes();
+}
+
+/// Samples perf records of heapprobe:alloc in `exe ARGS`, run from its start
+/// (`perf record -- exe`), on uprobes placed as the tool places them.
+fn alloc_samples_from_the_start(exe: &Path, args: &[&str], scratch: &Path) -> u64 {
+    let binary = heapprobe_sdt::Binary::open(exe).unwrap();
+    let mut group = heapprobe_sdt::UprobeGroup::new("doctor").unwrap();
+    group.add_probes(&binary, "heapprobe", |name| name == "alloc", heapprobe::probes::arg_names).unwrap();
+    let data = scratch.join("from-start.data");
+    let status = Command::new("perf")
+        .args(["record", "-q", "-e", &format!("{}:*", group.name()), "-o"])
+        .arg(&data)
+        .arg("--")
+        .arg(exe)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    group.remove().unwrap();
+    assert!(status.success());
+    heapprobe_cli::trace::perf_data::count(&data).unwrap().samples
+}
+
+/// DEVELOPERS.md's trap 4, against the kernel: doctor fails a usdt binary
+/// whose semaphores sit in a file page RELRO maps too exactly when perf,
+/// recording the program from its start, sees none of its guarded sites;
+/// `cargo heapprobe trace` refuses to launch such a program (saying why and
+/// what to do), and traces it by `--pid` once it runs. The fixture keeps 8
+/// KiB of data before its semaphores (never flagged, always seen); the
+/// workload, built with the usdt backend, hits the trap (the positive
+/// control: should a layout change move it out, another binary must take
+/// its place).
+#[test]
+fn semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark() {
+    if !tracing_available("semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark", &["perf"]) {
+        return;
+    }
+    let tmp = TempDir::new("doctor-relro");
+    let fixture = build_fixture(Linker::Default, Backend::Usdt);
+    let workload = fixture.with_file_name("heapprobe-workload");
+    let mut flagged = Vec::new();
+    for (exe, args, made) in [(&fixture, &[][..], 1000), (&workload, &["1"][..], 1000)] {
+        let (_, stdout, _) = doctor(&[exe.to_str().unwrap()]);
+        let dark = line(&stdout, "semaphores").starts_with("FAIL ") && line(&stdout, "semaphores").contains("RELRO");
+        let samples = alloc_samples_from_the_start(exe, args, tmp.path());
+        if dark {
+            assert_eq!(samples, 0, "{}: flagged, yet perf saw its sites", exe.display());
+            assert!(fix(&stdout, "semaphores").contains("separate-loadable-segments"));
+            flagged.push(exe.clone());
+        } else {
+            assert!(samples >= made, "{}: not flagged, yet perf saw {samples} of {made} allocations", exe.display());
+        }
+        assert_no_heapprobe_uprobes();
+    }
+    assert_eq!(
+        flagged,
+        std::slice::from_ref(&workload),
+        "the workload is the positive control, the fixture the negative one"
+    );
+
+    // The tool refuses to launch it, and traces it by pid while it runs.
+    let svg = tmp.path().join("dark.svg");
+    let trace = |args: &[&str]| {
+        run(Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe"))
+            .current_dir(root())
+            .env("CARGO_TARGET_DIR", root().join("target/fixture-default-usdt"))
+            .arg("trace")
+            .args(args)
+            .args(["-o", svg.to_str().unwrap()]))
+    };
+    let (out, _, stderr) =
+        trace(&["-p", "heapprobe-fixture", "--features", "usdt", "--bin", "heapprobe-workload", "--", "1"]);
+    let built = root().join("target/fixture-default-usdt/heapprobe/heapprobe-workload");
+    let (_, verdict, _) = doctor(&[built.to_str().unwrap()]);
+    if line(&verdict, "semaphores").contains("RELRO") {
+        assert!(!out.status.success());
+        assert!(stderr.contains("that its RELRO segment maps too"), "{stderr}");
+        assert!(stderr.contains("--pid once it runs"));
+        assert!(!svg.exists());
+    } else {
+        assert!(out.status.success(), "not flagged, so traced");
+    }
+    let mut running = Command::new(&workload).arg("100000").stdout(std::process::Stdio::null()).spawn().unwrap();
+    let (out, stdout, _) = trace(&["--pid", &running.id().to_string(), "--duration", "1", "--weight", "count"]);
+    let _ = running.kill();
+    let _ = running.wait();
+    assert!(out.status.success());
+    assert!(!stdout.contains("heapprobe:alloc: 0 calls"), "{stdout}");
     assert_no_heapprobe_uprobes();
 }

@@ -1,8 +1,10 @@
 //! Golden tests: real `perf script` captures of the fixtures (stored in
 //! `tests/data/`, recorded by `cargo xtask trace --keep` and by
 //! `scripts/perf-flamegraph.sh` on this project's CI machine) folded by
-//! `cargo xtask fold` must equal the stored folded files, and their totals
-//! the fixtures' known allocations and perf's own count. Needs no root.
+//! `cargo heapprobe fold` must equal the stored folded files (which keep the
+//! allocator's frames: `--keep-allocator-frames`), and their totals the
+//! fixtures' known allocations and perf's own count; trimmed, the same
+//! stacks end at the allocation sites. Needs no root.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,7 +14,8 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn fold(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("fold").args(args).output().expect("run the xtask");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe")).arg("fold").args(args).output().expect("run the xtask");
     eprintln!(
         "$ cargo xtask fold {}\n--- stdout\n{}--- stderr\n{}",
         args.join(" "),
@@ -39,8 +42,16 @@ fn folded(capture: &str, event: &str, weight: &str, frame: &str) -> String {
 fn folded_with_stdout(capture: &str, event: &str, weight: &str, frame: &str) -> (String, String) {
     let dir = scratch(&format!("{event}-{weight}-{}", capture.len()));
     let svg = dir.join("out.svg");
-    let out =
-        fold(&[data(capture).to_str().unwrap(), "--event", event, "--weight", weight, "-o", svg.to_str().unwrap()]);
+    let out = fold(&[
+        data(capture).to_str().unwrap(),
+        "--event",
+        event,
+        "--weight",
+        weight,
+        "--keep-allocator-frames",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let image = std::fs::read_to_string(&svg).unwrap();
     assert!(image.starts_with("<?xml") && image.trim_end().ends_with("</svg>"));
@@ -120,6 +131,54 @@ fn a_capture_recorded_by_perf_flamegraph_sh_folds_to_its_bytes() {
     assert_eq!(text, std::fs::read_to_string(data("perf-flamegraph-alloc_locked.bytes.folded")).unwrap());
     assert_eq!(total(&text), 7770);
     assert!(stdout.contains("recorded: 10 samples in perf.data (the capture's heapprobe-capture line)"), "{stdout}");
+}
+
+/// By default the allocator's frames are trimmed: the same capture folds to
+/// the same total, every stack ending at the allocation site (the fixture's
+/// scope closure, or the std method it called), and the graph options
+/// (`--reverse`, `--inverted`, `--title`, `--palette`, `--min-width`) are
+/// passed to inferno.
+#[test]
+fn the_allocator_s_frames_are_trimmed_by_default() {
+    let dir = scratch("trimmed");
+    let svg = dir.join("trimmed.svg");
+    let capture = data("perf-script-alloc_locked.txt");
+    let args = [capture.to_str().unwrap(), "--event", "alloc_locked", "-o", svg.to_str().unwrap()];
+    let out = fold(&args);
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(svg.with_extension("folded")).unwrap();
+    assert_eq!(total(&text), 7770);
+    for line in text.lines() {
+        let (stack, _) = line.rsplit_once(' ').unwrap();
+        let frames: Vec<&str> = stack.split(';').collect();
+        let at =
+            frames.iter().rposition(|f| f.starts_with("heapprobe_fixture::measured_scope")).expect("through the scope");
+        assert!(frames.len() - at <= 2, "a tower goes on above the scope: {stack}");
+        assert!(!stack.contains("__rust_alloc") && !stack.contains("as core::alloc::global::GlobalAlloc"), "{stack}");
+    }
+    let out = fold(
+        &[
+            &args[..],
+            &[
+                "--reverse",
+                "--inverted",
+                "--title",
+                "Where the scope allocates",
+                "--palette",
+                "hot",
+                "--min-width",
+                "0",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success());
+    let image = std::fs::read_to_string(&svg).unwrap();
+    assert!(image.contains("Where the scope allocates"), "--title");
+    assert!(image.contains("var inverted = true"), "--inverted");
+    let out = fold(&[&args[..], &["--palette", "nope"]].concat());
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A scratch file holding `text`, and where a flame graph of it would go.

@@ -1,43 +1,52 @@
-//! The README documents every `cargo xtask` subcommand and every flag that
-//! `--help` shows, so neither can be added without docs.
+//! The README documents every `cargo heapprobe` subcommand and every flag
+//! that `--help` shows, so neither can be added without docs.
 
 use std::process::Command;
 
-const SUBCOMMANDS: [&str; 6] = ["trace", "probes", "doctor", "fold", "bench", "test"];
+const SUBCOMMANDS: [&str; 4] = ["trace", "fold", "probes", "doctor"];
+
+/// The flags `--help` of `args` lists (`--name`), `--help` left out.
+fn flags(exe: &str, args: &[&str]) -> Vec<String> {
+    let help = Command::new(exe).args(args).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .flat_map(|l| {
+            l.split([' ', ','])
+                .filter(|w| {
+                    w.len() > 2 && w.starts_with("--") && w[2..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|f| f != "--help")
+        .collect()
+}
 
 #[test]
 fn every_subcommand_and_flag_is_in_the_readme() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let top = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("--help").output().unwrap();
-    let top = String::from_utf8_lossy(&top.stdout);
+    let exe = env!("CARGO_BIN_EXE_cargo-heapprobe");
+    // Run by cargo as `cargo-heapprobe heapprobe ...`, and directly without it.
+    for args in [&["--help"][..], &["heapprobe", "--help"]] {
+        let top = Command::new(exe).args(args).output().unwrap();
+        assert!(top.status.success(), "{args:?}");
+        let top = String::from_utf8_lossy(&top.stdout);
+        assert!(top.contains("Usage: cargo heapprobe <COMMAND>"), "{top}");
+        let listed = top.lines().skip_while(|l| !l.starts_with("Commands:")).skip(1).take_while(|l| !l.is_empty());
+        let names: Vec<&str> = listed.map(|l| l.split_whitespace().next().unwrap_or_default()).collect();
+        assert_eq!(names, [&SUBCOMMANDS[..], &["help"]].concat(), "the subcommands of cargo heapprobe");
+    }
     let mut missing = Vec::new();
     for sub in SUBCOMMANDS {
-        assert!(top.contains(&format!("  {sub} ")), "`cargo xtask --help` lists {sub}");
-        if !readme.contains(&format!("### `cargo xtask {sub}`")) {
-            missing.push(format!("a `### `cargo xtask {sub}`` section"));
+        if !readme.contains(&format!("### `cargo heapprobe {sub}`")) {
+            missing.push(format!("a `### `cargo heapprobe {sub}`` section"));
         }
-        let help = Command::new(env!("CARGO_BIN_EXE_xtask")).args([sub, "--help"]).output().unwrap();
-        assert!(help.status.success());
-        let help = String::from_utf8_lossy(&help.stdout);
-        let flags: Vec<&str> = help
-            .lines()
-            .map(str::trim_start)
-            .filter(|l| l.starts_with('-'))
-            .flat_map(|l| l.split([' ', ',']).filter(|w| w.starts_with("--")))
-            .filter(|f| *f != "--help")
-            .collect();
-        assert!(!flags.is_empty() || sub == "test", "{sub} --help lists flags");
-        for flag in flags {
-            if !readme.contains(flag) {
-                missing.push(format!("{sub} {flag}"));
-            }
-        }
-    }
-    // Every subcommand `--help` lists is one we know of.
-    let listed = top.lines().skip_while(|l| !l.starts_with("Commands:")).skip(1).take_while(|l| !l.is_empty());
-    for line in listed {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        assert!(name == "help" || SUBCOMMANDS.contains(&name), "undocumented subcommand {name}");
+        let flags = flags(exe, &[sub]);
+        assert!(!flags.is_empty(), "{sub} --help lists flags");
+        missing.extend(flags.into_iter().filter(|f| !readme.contains(f.as_str())).map(|f| format!("{sub} {f}")));
     }
     assert!(missing.is_empty(), "not in README.md: {missing:?}");
 }

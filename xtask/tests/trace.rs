@@ -17,7 +17,7 @@ use support::{assert_no_heapprobe_uprobes, root, tracing_available, TempDir};
 static KERNEL: Mutex<()> = Mutex::new(());
 
 fn xtask() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe"));
     cmd.current_dir(root());
     cmd
 }
@@ -60,11 +60,37 @@ fn trace_it_works_writes_an_exact_byte_weighted_flamegraph() {
     let Some(_kernel) = available("trace_it_works_writes_an_exact_byte_weighted_flamegraph") else { return };
     let tmp = TempDir::new("xtask-trace-it-works");
     let svg = tmp.path().join("flamegraph.svg");
-    let out = run(&["trace", "--test", "it_works", "-o", svg.to_str().unwrap()]);
+    let out = run(&["trace", "--test", "it_works", "--keep", "-o", svg.to_str().unwrap()]);
     assert!(out.status.success(), "trace failed");
     let stacks = folded(&svg.with_extension("folded"));
     // 100 pages of 4096 bytes and the Vec of 100 pointers.
     assert_eq!(weight_through(&stacks, "it_works::build_inventory"), 100 * 4096 + 100 * 8);
+    // The allocator's own frames are trimmed: every tower through
+    // build_inventory ends at it or just above (`Vec::with_capacity`, `Box::new`).
+    for stack in stacks.keys().filter(|s| s.contains("it_works::build_inventory")) {
+        let frames: Vec<&str> = stack.split(';').collect();
+        let at = frames.iter().position(|f| *f == "it_works::build_inventory").unwrap();
+        assert!(frames.len() - at <= 2, "a tower goes on above build_inventory: {stack}");
+    }
+    // The kept perf.data, folded again by `fold` (read directly, as trace
+    // read it), gives the same stacks.
+    let kept = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("perf.data"))
+        .find(|p| p.is_file())
+        .expect("--keep kept perf.data");
+    let refolded = tmp.path().join("refolded.svg");
+    let out2 = run(&["fold", kept.to_str().unwrap(), "-o", refolded.to_str().unwrap()]);
+    assert!(out2.status.success(), "fold of the kept perf.data failed");
+    assert_eq!(folded(&refolded.with_extension("folded")), stacks, "fold of perf.data vs trace");
+    assert!(String::from_utf8_lossy(&out2.stdout).contains("lost events: 0"));
+    // With the allocator's frames kept, the towers end in heapprobe's wrapper.
+    let out3 = run(&["fold", kept.to_str().unwrap(), "--keep-allocator-frames", "-o", refolded.to_str().unwrap()]);
+    assert!(out3.status.success());
+    let kept_frames = folded(&refolded.with_extension("folded"));
+    assert_eq!(weight_through(&kept_frames, "it_works::build_inventory"), 100 * 4096 + 100 * 8);
+    assert!(kept_frames.keys().all(|s| s.rsplit(';').next().unwrap().contains("heapprobe::alloc")), "{kept_frames:?}");
     // A Vec of 50 Strings (24 bytes each) and 50 lines of 64 bytes.
     assert_eq!(weight_through(&stacks, "it_works::render_report"), 50 * 24 + 50 * 64);
     let svg_text = std::fs::read_to_string(&svg).unwrap();
@@ -133,7 +159,10 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
             &["trace", "--test", "it_work", "-o", o],
             "no test target and no test function named \"it_work\"; closest: `it_works`",
         ),
-        (&["trace", "--bin", "xtask", "-o", o], "no heapprobe probes in"),
+        (
+            &["trace", "--bin", "xtask", "-o", o],
+            "no bin target named \"xtask\" (looked in heapprobe, heapprobe-fixture",
+        ),
         (&["trace", "--example", "nope", "-o", o], "no example target named \"nope\""),
         (&["trace", "--test", "it_works", "-o", "/nonexistent/fg.svg"], "/nonexistent is not a directory"),
         (&["trace", "--pid", "999999999", "-o", o], "no process with pid 999999999"),
@@ -169,7 +198,7 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
     // Not root and no capabilities: says what is needed.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .arg(env!("CARGO_BIN_EXE_cargo-heapprobe"))
         .args(["trace", "--pid", "1", "-o", "/tmp/never.svg"])
         .output()
         .expect("setpriv (util-linux)");
@@ -233,14 +262,7 @@ impl Drop for Service {
 }
 
 fn fixture_with_frame_pointers() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--profile", "trace"])
-        .env("RUSTFLAGS", "-C force-frame-pointers=yes")
-        .current_dir(root())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    root().join("target/trace/heapprobe-fixture")
+    support::build_fixture_with_frame_pointers()
 }
 
 #[test]
@@ -305,7 +327,7 @@ fn a_user_with_two_capabilities_traces_their_own_process() {
     BufReader::new(service.stderr.take().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
     let pid = service.id().to_string();
-    let xtask = Path::new(env!("CARGO_BIN_EXE_xtask"));
+    let xtask = Path::new(env!("CARGO_BIN_EXE_cargo-heapprobe"));
     let svg = tmp.path().join("caps.svg");
     let traced = as_nobody("+perfmon,+dac_override", xtask)
         .args(["trace", "--pid", &pid, "--duration", "1", "--weight", "count", "-o", svg.to_str().unwrap()])
@@ -381,7 +403,7 @@ fn probes_lists_the_sites_of_a_binary() {
     }
     assert!(stdout.contains("would misplace these probes"), "the rust-lld layout note");
 
-    let out = run(&["probes", env!("CARGO_BIN_EXE_xtask")]);
+    let out = run(&["probes", env!("CARGO_BIN_EXE_cargo-heapprobe")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no heapprobe probes in"));
 }
@@ -807,18 +829,20 @@ fn thousands_of_distinct_stacks_are_kept_or_counted_as_lost() {
     }
 }
 
-/// `--event alloc_failed`: the fixture's one failed allocation of 2^46
-/// bytes must be there, exactly, with either backend. (When this test was
-/// written the trace profile had alloc_failed sites `__2`, `__5` and `__10`,
-/// which perf right-aligns; since the wrapper's slow path holds every probe
-/// there is one site. Right-aligned names are covered by
-/// `a_release_build_traced_by_pid_matches_its_own_counters_exactly`, whose `alloc` sites have one- and
-/// two-digit numbers, an assertion there checks.)
+/// `--event alloc_failed` on a debug build: the fixture's one failed
+/// allocation of 2^46 bytes must be there, with either backend. (When
+/// written, the failure path had three inlined sites, `__2`, `__5` and
+/// `__10`, whose `perf script` names perf right-aligned; the allocator now
+/// has one out-of-line failure path, so one site, and the perf backend reads
+/// perf.data itself, not `perf script`'s text. Right-aligned names are
+/// checked where text is still parsed: tests/fold.rs and trace/perf.rs.)
 #[test]
 fn alloc_failed_is_recorded_exactly() {
     let test = "alloc_failed_is_recorded_exactly";
     let Some(_kernel) = available(test) else { return };
-    fixture_with_frame_pointers();
+    let binary = heapprobe_sdt::Binary::open(fixture_with_frame_pointers()).unwrap();
+    let sites = binary.valid_probes(Some("heapprobe")).filter(|p| p.name == "alloc_failed").count();
+    assert!(sites >= 1, "alloc_failed has no site");
     let tmp = TempDir::new("xtask-trace-failed");
     for backend in backends(test) {
         let svg = tmp.path().join(format!("{backend}.svg"));
@@ -1122,5 +1146,53 @@ fn scratch_folders_of_killed_runs_are_swept() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(".heapprobe-trace-4194397"));
     assert!(!dead.exists(), "the killed run's folder was swept");
     assert!(live.exists(), "a live run's folder is not ours to remove");
+    assert_no_heapprobe_uprobes();
+}
+
+/// The fixture's `known_local`: `Local::with_id(4242, arena)`, 20 × (allocate
+/// 64, grow 64→256, shrink 256→32, deallocate); the arena's grow and shrink
+/// always move the block (allocator-api2's defaults: a new block, the bytes
+/// copied). `--id` keeps one instance's hits (counting the others), and
+/// `--weight moved` takes `local_grow` and `local_shrink`, on both backends.
+#[test]
+fn local_probes_by_id_and_weighted_by_the_bytes_they_copy() {
+    let Some(_kernel) = available("local_probes_by_id_and_weighted_by_the_bytes_they_copy") else { return };
+    let tmp = TempDir::new("xtask-trace-local");
+    let svg = tmp.path().join("local.svg");
+    let o = svg.to_str().unwrap();
+    for backend in backends("local_probes_by_id_and_weighted_by_the_bytes_they_copy") {
+        let trace = |args: &[&str]| {
+            run(&[&["trace", "--bin", "heapprobe-fixture", "--backend", backend, "-o", o], args].concat())
+        };
+        for (args, known) in [
+            (&["--event", "local_alloc", "--id", "4242"][..], 20 * 64),
+            (&["--event", "local_grow", "--weight", "moved"], 20 * 64),
+            (&["--event", "local_shrink", "--weight", "moved", "--id", "4242"], 20 * 32),
+            (&["--event", "local_grow"], 20 * 256),
+        ] {
+            let out = trace(args);
+            assert!(out.status.success(), "{backend} {args:?}");
+            let stacks = folded(&svg.with_extension("folded"));
+            assert_eq!(weight_through(&stacks, "heapprobe_fixture::known_local"), known, "{backend} {args:?}");
+            assert_eq!(stacks.values().sum::<u64>(), known, "{backend} {args:?}: only known_local's instance");
+        }
+        // Another instance's id: nothing to draw, and the summary says why.
+        let out = trace(&["--event", "local_alloc", "--id", "7"]);
+        assert!(!out.status.success(), "{backend}");
+        if *backend == "perf" {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains("other ids: 20 hits of heapprobe:local_alloc"), "{backend}: {stdout}");
+        }
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to weigh"), "{backend}");
+    }
+    // --id needs a probe with an id; --weight moved one that moves blocks.
+    for (args, expected) in [
+        (&["--event", "alloc", "--id", "1"][..], "heapprobe:alloc has no id argument"),
+        (&["--event", "local_alloc", "--weight", "moved"], "--weight moved needs a probe of moves"),
+    ] {
+        let out = run(&[&["trace", "--bin", "heapprobe-fixture", "-o", o], args].concat());
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(expected), "{args:?}");
+    }
     assert_no_heapprobe_uprobes();
 }

@@ -44,10 +44,20 @@ const MAPS_END: &str = "heapprobe-end";
 
 /// What to record.
 pub struct Workload<'a> {
+    /// The program to launch (or the executable of `pid`).
     pub exe: &'a Path,
+    /// Its arguments.
     pub args: &'a [String],
+    /// Where to launch it (`None`: here).
+    pub dir: Option<&'a Path>,
+    /// Variables to set for it.
+    pub env: &'a [(String, std::ffi::OsString)],
+    /// Attach to this process instead of launching `exe`.
     pub pid: Option<u32>,
+    /// With `pid`: how long to record (`None`: until Ctrl-C).
     pub duration: Option<f64>,
+    /// Only the hits whose `id` argument is this (one `Local` instance).
+    pub id: Option<u64>,
 }
 
 /// Runs bpftrace on `event` of `binary`, then symbolises and folds.
@@ -67,7 +77,7 @@ pub fn record(
     // when it runs through a wrapper).
     let mut launched = match workload.pid {
         Some(_) => None,
-        None => Some(Launched::start(&exe, workload.args, verbose)?),
+        None => Some(Launched::start(&exe, workload, verbose)?),
     };
     let pid = match (&launched, workload.pid) {
         (Some(launched), _) => launched.pid,
@@ -79,7 +89,7 @@ pub fn record(
         // Not mapped yet (it is stopped right after exec): it links ours.
         None => libc_path()?,
     };
-    let program = program(event, weight, pid, launched.is_some(), workload.duration, &libc)?;
+    let program = program(event, weight, workload.id, pid, launched.is_some(), workload.duration, &libc)?;
     let mut cmd = Command::new(bpftrace);
     cmd.args(["--unsafe", "-B", "line", "-e", &program, "-p", &pid.to_string()])
         // The map size: 0.17 reads the first name, current versions the second.
@@ -180,10 +190,13 @@ struct Launched {
 }
 
 impl Launched {
-    fn start(exe: &Path, args: &[String], verbose: bool) -> anyhow::Result<Self> {
+    fn start(exe: &Path, workload: &Workload<'_>, verbose: bool) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt as _;
         let mut cmd = Command::new(exe);
-        cmd.args(args);
+        cmd.args(workload.args).envs(workload.env.iter().map(|(k, v)| (k, v)));
+        if let Some(dir) = workload.dir {
+            cmd.current_dir(dir);
+        }
         // SAFETY: ptrace(PTRACE_TRACEME) is async-signal-safe and allocates
         // nothing; it runs in the child between fork and exec.
         unsafe {
@@ -397,6 +410,7 @@ fn is_routine(line: &str) -> bool {
 fn program(
     event: &str,
     weight: Weight,
+    id: Option<u64>,
     pid: u32,
     launched: bool,
     duration: Option<f64>,
@@ -404,6 +418,10 @@ fn program(
 ) -> anyhow::Result<String> {
     let args = heapprobe::probes::arg_names(event);
     let arg = |name: &str| args.iter().position(|a| *a == name).map(|i| format!("arg{i}"));
+    let only = match id {
+        Some(id) => format!(" && {} == {id}", arg("id").context("this probe has no id argument")?),
+        None => String::new(),
+    };
     let value = match weight {
         Weight::Count => String::from("1"),
         Weight::Bytes => arg("weight")
@@ -431,7 +449,7 @@ fn program(
     // `--weight moved`), so that the stacks' counts add up to @events.
     let mut program = format!(
         "BEGIN {{ printf(\"{ATTACHED}\\n\"); }}\n\
-         usdt:{exe}:heapprobe:{event} /pid == {pid}/ {{\n\
+         usdt:{exe}:heapprobe:{event} /pid == {pid}{only}/ {{\n\
          \t$w = {value};\n\
          \t@events = count();\n\
          \t@total = sum($w);\n\

@@ -1,8 +1,9 @@
 //! The perf backend: `perf record` on the uprobes we registered at correct
 //! file offsets (never `perf probe sdt_…`, which perf 6.1 misplaces in
-//! rust-lld binaries), frame-pointer call stacks, then `perf script`, whose
-//! every line is parsed strictly and whose totals are checked against the
-//! sample records of `perf.data` itself.
+//! rust-lld binaries), frame-pointer call stacks, then `perf.data` read
+//! directly ([`perf_data::fold`]), its totals checked against perf's own
+//! count of sample records. `perf script` text (captures made elsewhere) is
+//! parsed here too, every line strictly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
@@ -23,14 +24,22 @@ use crate::util::{self, display, Progress};
 
 /// What to record.
 pub struct Workload<'a> {
+    /// The program to launch (or the executable of `pid`).
     pub exe: &'a Path,
+    /// Its arguments.
     pub args: &'a [String],
+    /// Where to launch it (`None`: here).
+    pub dir: Option<&'a Path>,
+    /// Variables to set for it.
+    pub env: &'a [(String, std::ffi::OsString)],
     /// `setpriv`, through which a launched program runs (see
     /// [`util::tied_to_parent`]).
     pub setpriv: &'a Path,
     /// Attach to this process instead of running `exe`.
     pub pid: Option<u32>,
+    /// With `pid`: how long to record (`None`: until Ctrl-C).
     pub duration: Option<f64>,
+    /// How perf unwinds stacks.
     pub call_graph: CallGraph,
 }
 
@@ -74,6 +83,10 @@ pub fn record(
         }
         None => {
             cmd.arg("--").args(util::tied_to_parent(workload.setpriv, workload.exe, workload.args));
+            if let Some(dir) = workload.dir {
+                cmd.current_dir(dir);
+            }
+            cmd.envs(workload.env.iter().map(|(k, v)| (k, v)));
             None
         }
     };
@@ -227,20 +240,35 @@ const KERNEL_SYMBOL_NOISE: [&str; 3] = [
     "Check /proc/kallsyms permission or run as root",
 ];
 
-/// Reads the recording back with `perf script`, folds it, and checks it
+/// Reads the recording back (perf.data itself, no `perf script`), folds the
+/// hits of `event` (only those of instance `id` if given), and checks them
 /// against perf.data's own count of samples.
 pub fn fold(
-    perf: &str,
     data: &Path,
+    event: &str,
     weight: Weight,
+    id: Option<u64>,
     status: Option<Ended>,
-    verbose: bool,
-) -> anyhow::Result<Recording> {
+) -> anyhow::Result<(Recording, perf_data::Decoded)> {
     let counts = perf_data::count(data)?;
-    let script = run_script(perf, data, verbose)?;
-    let parsed =
-        parse_script(&script, weight, None).with_context(|| format!("parsing `perf script` of {}", data.display()))?;
-    Ok(parsed.into_recording(Some(counts), status))
+    let mut decoded = perf_data::fold(data, Some(event), weight, id)?;
+    let recording = Recording {
+        folded: std::mem::take(&mut decoded.folded),
+        recorded: Recorded {
+            source: "samples in perf.data",
+            events: Some(counts.samples),
+            total: None,
+            dropped: counts.lost.max(decoded.lost),
+            parsed_events: decoded.samples,
+            parsed_total: None,
+            stackless: 0,
+            stackless_weight: 0,
+            unparsed_why: "in perf.data but not decoded by heapprobe's reader, or the other way round (please report \
+                           this, with the recording: --keep)",
+        },
+        status,
+    };
+    Ok((recording, decoded))
 }
 
 /// The fields [`parse_script`] reads.
@@ -315,7 +343,9 @@ impl Script {
 pub struct LineError {
     /// 1-based.
     pub line: usize,
+    /// The line itself.
     pub text: String,
+    /// What is wrong with it.
     pub why: String,
 }
 
@@ -349,10 +379,23 @@ const EXPECTED: &str = "expected an event (`GROUP:PROBE: (ADDRESS) NAME=VALUE ..
 /// `perf script --header` writes): anything else is an error that quotes it,
 /// and so is a hit of `probe` that lacks the argument its weight needs.
 pub fn parse_script(text: &str, weight: Weight, probe: Option<&str>) -> Result<Script, LineError> {
+    parse_script_filtered(text, weight, probe, None)
+}
+
+/// [`parse_script`], folding only the hits whose `id` argument is `id` when
+/// one is given (one `Local` instance; the others are counted in
+/// [`Folded::filtered`]).
+pub fn parse_script_filtered(
+    text: &str,
+    weight: Weight,
+    probe: Option<&str>,
+    id: Option<u64>,
+) -> Result<Script, LineError> {
     let mut folded = Folded::default();
     let mut lost = 0;
     let mut events = 0;
     let mut capture_count = None;
+    let mut filtered = 0;
     let mut probes: BTreeMap<String, u64> = BTreeMap::new();
     // The probe hit being read: its weight, or None when it is not folded.
     let mut current: Option<Option<u64>> = None;
@@ -408,6 +451,11 @@ pub fn parse_script(text: &str, weight: Weight, probe: Option<&str>) -> Result<S
                 continue;
             }
             let get = |arg: &str| args.iter().find(|(n, _)| *n == arg).map(|(_, v)| *v);
+            if id.is_some_and(|want| get("id").is_some_and(|got| got != want)) {
+                filtered += 1;
+                current = Some(None);
+                continue;
+            }
             let w = weight.of(name, &get).map_err(|why| error(format!("heapprobe:{name} {why}")))?;
             current = Some(Some(w));
         } else if line.starts_with(char::is_whitespace) && u64::from_str_radix(first, 16).is_ok() {
@@ -441,6 +489,7 @@ pub fn parse_script(text: &str, weight: Weight, probe: Option<&str>) -> Result<S
         }
     }
     finish(&mut current, &mut frames);
+    folded.filtered = filtered;
     Ok(Script { folded, lost, probes, events, capture_count })
 }
 

@@ -12,10 +12,13 @@ use crate::flame::UNKNOWN;
 /// One executable mapping of a process, as `/proc/PID/maps` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
+    /// Its first address.
     pub start: u64,
+    /// The address after its last.
     pub end: u64,
     /// File offset of `start`.
     pub offset: u64,
+    /// The file mapped.
     pub path: PathBuf,
 }
 
@@ -46,6 +49,8 @@ struct FileSymbols {
     functions: Vec<(u64, u64, String)>,
     /// (file offset, file size, vaddr) of each PT_LOAD.
     segments: Vec<(u64, u64, u64)>,
+    /// The file's GNU build id, if it has one.
+    build_id: Option<Vec<u8>>,
 }
 
 impl FileSymbols {
@@ -53,9 +58,10 @@ impl FileSymbols {
         let data = std::fs::read(path).ok()?;
         let file = object::File::parse(&*data).ok()?;
         let mut functions = text_symbols(&file);
+        let build_id = file.build_id().ok().flatten().map(<[u8]>::to_vec);
         // Stripped libraries (libc) keep their full symbol table in a
         // separate debug file, found by build id, as perf and gdb do.
-        if let Ok(Some(id)) = file.build_id() {
+        if let Some(id) = &build_id {
             let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
             if hex.len() > 2 {
                 let debug = format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..]);
@@ -75,7 +81,7 @@ impl FileSymbols {
                 (offset, size, s.address())
             })
             .collect();
-        Some(Self { functions, segments })
+        Some(Self { functions, segments, build_id })
     }
 
     fn vaddr_of_offset(&self, offset: u64) -> Option<u64> {
@@ -101,15 +107,54 @@ fn text_symbols(file: &object::File<'_>) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
+/// The symbol tables of the files mapped by the processes traced, each read
+/// once, when first needed.
+#[derive(Default)]
+pub struct Files {
+    files: HashMap<PathBuf, Option<FileSymbols>>,
+    /// Build ids a recording expects (perf.data's): a file whose own build
+    /// id differs was rebuilt since, and its names would be wrong.
+    expected: HashMap<PathBuf, Vec<u8>>,
+    /// Files whose build id differs from the expected one.
+    pub rebuilt: Vec<PathBuf>,
+}
+
+impl Files {
+    /// Files whose symbols are only used when their build id is this one.
+    pub fn expect_build_ids(&mut self, expected: HashMap<PathBuf, Vec<u8>>) {
+        self.expected = expected;
+    }
+
+    /// The function at `offset` of the file `path` (raw, not demangled).
+    pub fn name_at_offset(&mut self, path: &Path, offset: u64) -> Option<&str> {
+        if !self.files.contains_key(path) {
+            let loaded = FileSymbols::load(path);
+            let rebuilt = match (&loaded, self.expected.get(path)) {
+                (Some(symbols), Some(expected)) => {
+                    symbols.build_id.as_ref().is_some_and(|id| !expected.starts_with(id) && !id.starts_with(expected))
+                }
+                _ => false,
+            };
+            if rebuilt {
+                self.rebuilt.push(path.to_path_buf());
+            }
+            self.files.insert(path.to_path_buf(), loaded.filter(|_| !rebuilt));
+        }
+        let symbols = self.files.get(path)?.as_ref()?;
+        symbols.vaddr_of_offset(offset).and_then(|vaddr| symbols.name_at(vaddr))
+    }
+}
+
 /// Resolves addresses of one process.
 pub struct Symbolizer {
     maps: Vec<Mapping>,
-    files: HashMap<PathBuf, Option<FileSymbols>>,
+    files: Files,
 }
 
 impl Symbolizer {
+    /// A symbolizer for a process with these executable mappings.
     pub fn new(maps: Vec<Mapping>) -> Self {
-        Self { maps, files: HashMap::new() }
+        Self { maps, files: Files::default() }
     }
 
     /// The demangled function containing `address`, or [`UNKNOWN`]. `leaf`
@@ -121,11 +166,7 @@ impl Symbolizer {
             return String::from(UNKNOWN);
         };
         let offset = lookup - mapping.start + mapping.offset;
-        let symbols = self.files.entry(mapping.path.clone()).or_insert_with(|| FileSymbols::load(&mapping.path));
-        symbols
-            .as_ref()
-            .and_then(|s| s.vaddr_of_offset(offset).and_then(|vaddr| s.name_at(vaddr)))
-            .map_or_else(|| String::from(UNKNOWN), crate::flame::demangle)
+        self.files.name_at_offset(&mapping.path, offset).map_or_else(|| String::from(UNKNOWN), crate::flame::demangle)
     }
 }
 
@@ -154,7 +195,7 @@ mod tests {
         let address = resolves_this_test_binary_s_own_function as *const () as usize as u64;
         assert_eq!(
             symbolizer.name(address, true),
-            "xtask::trace::symbols::tests::resolves_this_test_binary_s_own_function"
+            "heapprobe_cli::trace::symbols::tests::resolves_this_test_binary_s_own_function"
         );
     }
 }

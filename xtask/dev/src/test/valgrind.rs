@@ -25,7 +25,8 @@ use std::time::Instant;
 use anyhow::{bail, Context as _};
 use cargo_metadata::Message;
 
-use crate::util::{cargo, display, has_tool, is_root, project_root, require_tool};
+use crate::project_root;
+use heapprobe_cli::util::{cargo, display, has_tool, is_root, require_tool};
 
 /// The library's test binaries checked (cargo target names; `heapprobe` is
 /// the library's unit tests).
@@ -151,6 +152,7 @@ fn memcheck(root: &Path, name: &str, exe: &Path, args: &[&str]) -> anyhow::Resul
     let output = fs::File::create(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut cmd = Command::new("valgrind");
     cmd.args(valgrind_args(root, &log)).arg(exe).args(args).stdout(output.try_clone()?).stderr(output);
+    as_cargo_test_runs_it(&mut cmd, root);
     let status = cmd.status().with_context(|| format!("failed to run {:?}", display(&cmd)))?;
     let text = fs::read_to_string(&log).with_context(|| format!("valgrind wrote no log at {}", log.display()))?;
     let summary = parse_log(&text).with_context(|| format!("reading {} (from {:?})", log.display(), display(&cmd)))?;
@@ -279,8 +281,18 @@ fn lsan(root: &Path, runtime: &Path, name: &str, exe: &Path, args: &[&str]) -> a
         .env("LSAN_OPTIONS", format!("suppressions={}:print_suppressions=0", root.join("tests/lsan.supp").display()))
         .stdout(file.try_clone()?)
         .stderr(file);
+    as_cargo_test_runs_it(&mut cmd, root);
     let status = cmd.status().with_context(|| format!("failed to run {:?}", display(&cmd)))?;
     Ok((status.code(), fs::read_to_string(&out)?))
+}
+
+/// In heapprobe's directory, with the variables cargo gives its tests
+/// (the failure reports name the package from them), not the xtask's own.
+fn as_cargo_test_runs_it(cmd: &mut Command, root: &Path) {
+    cmd.current_dir(root)
+        .env("CARGO_MANIFEST_DIR", root)
+        .env("CARGO_MANIFEST_PATH", root.join("Cargo.toml"))
+        .env("CARGO_PKG_NAME", "heapprobe");
 }
 
 /// The LeakSanitizer pass over the binaries the memcheck step built.
@@ -289,8 +301,8 @@ fn leak_sanitizer(root: &Path, built: &[(String, PathBuf)], install: bool) -> an
         Some(runtime) => runtime,
         None if install && is_root() => {
             eprintln!("==> installing {LSAN_PACKAGE} (clang's sanitizer runtimes) with apt-get (we are root)");
-            crate::util::exec(Command::new("apt-get").arg("update").arg("-q"))?;
-            crate::util::exec(
+            heapprobe_cli::util::exec(Command::new("apt-get").arg("update").arg("-q"))?;
+            heapprobe_cli::util::exec(
                 Command::new("apt-get").args(["install", "-y", "-q", LSAN_PACKAGE]).env("DEBIAN_FRONTEND", "noninteractive"),
             )?;
             asan_runtime().context("libclang_rt.asan-x86_64.so is still missing after installing it")?

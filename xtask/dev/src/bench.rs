@@ -2,7 +2,8 @@
 //! package's `heapprobe-workload`: rounds of 1000 × alloc/dealloc 4096)
 //! untraced, under a bare bpftrace uprobe, and under `cargo xtask trace`
 //! with each backend, timing the workload inside its own process; then times
-//! folding and rendering the perf recording. Prints a Markdown table.
+//! folding and rendering the perf recording (read directly, and through
+//! `perf script` for comparison). Prints a Markdown table.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::target::{self, TargetArgs};
-use crate::trace::perf::{self, Script};
-use crate::trace::{Weight, PROVIDER};
-use crate::util;
+use heapprobe_cli::flame::Graph;
+use heapprobe_cli::target::{self, Build, Target};
+use heapprobe_cli::trace::perf::{self, Script};
+use heapprobe_cli::trace::{perf_data, Weight, PROVIDER};
+use heapprobe_cli::util;
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args, Debug)]
@@ -47,9 +49,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--runs and --rounds must be at least 1");
     }
     let progress = util::Progress::new();
-    progress.step("building heapprobe-workload (profile `trace`)");
-    let workload = TargetArgs { bin: Some(String::from("heapprobe-workload")), ..TargetArgs::default() };
-    let exe = target::build(&workload, args.verbose)?.exe;
+    progress.step("building heapprobe-workload (profile `heapprobe`)");
+    let mut workload = Target::default();
+    workload.bin = Some(String::from("heapprobe-workload"));
+    let exe = target::build(&workload, &Build::default(), args.verbose)?.exe;
     let scratch = std::env::temp_dir().join(format!("heapprobe-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
     let rounds = args.rounds.to_string();
@@ -115,14 +118,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Times of the folding stages for one recording.
 struct Folding {
+    /// perf.data read directly: counted, decoded, symbolised and folded.
+    read: Duration,
+    /// Writing the folded file and rendering the SVG.
+    render: Duration,
+    /// The old way, for comparison: `perf script`, then parsing its text.
     script: Duration,
     parse: Duration,
-    render: Duration,
     events: u64,
 }
 
-/// `perf script`, parsing and folding, rendering: for the last kept perf
-/// recording in `scratch`.
+/// Folding and rendering the last kept perf recording in `scratch`, read
+/// directly; then `perf script` and its parse, for comparison.
 fn time_folding(perf: &str, scratch: &Path, events: u64, verbose: bool) -> anyhow::Result<Folding> {
     let data = std::fs::read_dir(scratch)?
         .filter_map(Result::ok)
@@ -130,21 +137,42 @@ fn time_folding(perf: &str, scratch: &Path, events: u64, verbose: bool) -> anyho
         .find(|p| p.exists())
         .context("the perf run kept no perf.data")?;
     let started = Instant::now();
-    let text = perf::run_script(perf, &data, verbose)?;
-    let script = started.elapsed();
-    let started = Instant::now();
-    let Script { folded, .. } = perf::parse_script(&text, Weight::Bytes, Some("alloc"))
-        .with_context(|| format!("parsing `perf script` of {}", data.display()))?;
-    let parse = started.elapsed();
-    if folded.events < events {
-        eprintln!("warning: the perf recording holds {} alloc events, fewer than the {events} made", folded.events);
+    let counts = perf_data::count(&data)?;
+    let mut decoded = perf_data::fold(&data, Some("alloc"), Weight::Bytes, None)?;
+    decoded.folded.trim_allocator_frames();
+    let read = started.elapsed();
+    let folded = decoded.folded;
+    if folded.events < events || counts.samples != decoded.samples {
+        bail!(
+            "the perf recording holds {} alloc events ({} samples decoded, {} by perf's count), not the {events} made",
+            folded.events,
+            decoded.samples,
+            counts.samples
+        );
     }
     let started = Instant::now();
     let svg = scratch.join("fold-bench.svg");
     folded.write(&svg.with_extension("folded"))?;
-    folded.render(&svg, "heapprobe bench", "fold and render", "bytes")?;
+    folded.render(&svg, "heapprobe bench", "fold and render", "bytes", &Graph::default())?;
     let render = started.elapsed();
-    Ok(Folding { script, parse, render, events: folded.events })
+
+    let started = Instant::now();
+    let text = perf::run_script(perf, &data, verbose)?;
+    let script = started.elapsed();
+    let started = Instant::now();
+    let Script { folded: by_text, .. } = perf::parse_script(&text, Weight::Bytes, Some("alloc"))
+        .with_context(|| format!("parsing `perf script` of {}", data.display()))?;
+    let parse = started.elapsed();
+    if (by_text.events, by_text.total) != (folded.events, folded.total) {
+        bail!(
+            "perf script's text folds to {} events, {} bytes; perf.data read directly to {}, {}",
+            by_text.events,
+            by_text.total,
+            folded.events,
+            folded.total
+        );
+    }
+    Ok(Folding { read, render, script, parse, events: folded.events })
 }
 
 fn print_table(rows: &[Row], fold: &Folding, events: u64, runs: usize) {
@@ -165,15 +193,16 @@ fn print_table(rows: &[Row], fold: &Folding, events: u64, runs: usize) {
             row.wall.as_secs_f64()
         );
     }
-    let total = fold.script + fold.parse + fold.render;
     println!(
-        "\nFolding and rendering {} events recorded by perf: `perf script` {:.2} s, parse and fold {:.2} s, \
-         write and render {:.2} s; {:.2} s in all.",
+        "\nFolding and rendering the {} events recorded by perf: perf.data read, symbolised and folded {:.2} s, \
+         written and rendered {:.2} s; {:.2} s in all. Through `perf script` instead (the same totals): \
+         `perf script` {:.2} s, parsing and folding its text {:.2} s.",
         fold.events,
-        fold.script.as_secs_f64(),
-        fold.parse.as_secs_f64(),
+        fold.read.as_secs_f64(),
         fold.render.as_secs_f64(),
-        total.as_secs_f64()
+        (fold.read + fold.render).as_secs_f64(),
+        fold.script.as_secs_f64(),
+        fold.parse.as_secs_f64()
     );
 }
 

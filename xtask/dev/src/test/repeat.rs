@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use cargo_metadata::Message;
 
-use crate::util::{cargo, display, project_root};
+use crate::project_root;
+use heapprobe_cli::util::{cargo, display};
 
 /// A test binary cargo built.
 struct TestBinary {
@@ -21,6 +22,8 @@ struct TestBinary {
     exe: PathBuf,
     /// The package's directory: cargo runs tests there.
     dir: PathBuf,
+    /// The package's name, which cargo gives its tests (`CARGO_PKG_NAME`).
+    package: String,
 }
 
 /// What N runs of one binary gave.
@@ -113,6 +116,7 @@ fn build() -> anyhow::Result<Vec<TestBinary>> {
                     name: format!("{package}/{kind}/{}", artifact.target.name),
                     exe: exe.into_std_path_buf(),
                     dir,
+                    package,
                 });
             }
         }
@@ -140,6 +144,8 @@ fn repeat(binary: &TestBinary, times: u32, test_args: &[String], logs: &Path) ->
             .args(test_args)
             .current_dir(&binary.dir)
             .env("CARGO_MANIFEST_DIR", &binary.dir)
+            .env("CARGO_MANIFEST_PATH", binary.dir.join("Cargo.toml"))
+            .env("CARGO_PKG_NAME", &binary.package)
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("failed to run {}", binary.exe.display()))?;

@@ -9,7 +9,8 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::util::{display, exec, has_tool, is_root, project_root};
+use crate::project_root;
+use heapprobe_cli::util::{display, exec, has_tool, is_root};
 
 /// The system packages the tracing tests need, by the program they provide.
 const TOOLS: [(&str, &str); 5] = [
@@ -61,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("server (the endpoint)", &["--package", "heapprobe", "--features", "server", "--lib", "--test", "endpoint_*"]),
     ];
     let cargo_test = |flags: &[&str]| {
-        let mut cmd = Command::new(crate::util::cargo());
+        let mut cmd = Command::new(heapprobe_cli::util::cargo());
         cmd.current_dir(&root).arg("test").args(flags);
         if !args.test_args.is_empty() {
             cmd.arg("--").args(&args.test_args);
@@ -83,7 +84,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // Debian 12's bpftrace 0.17 (above) and with a current one.
         let current = current_bpftrace::prepare(!args.no_install)?;
         eprintln!("\n==> cargo test, scripts and trace tests with a current bpftrace ({})", current.version);
-        let flags = ["--package", "heapprobe", "--package", "xtask", "--test", "scripts", "--test", "trace"];
+        let flags = ["--package", "heapprobe", "--package", "heapprobe-cli", "--test", "scripts", "--test", "trace"];
         exec(cargo_test(&flags).env("BPFTRACE", &current.program))?;
     }
     eprintln!("\nall test suites passed");

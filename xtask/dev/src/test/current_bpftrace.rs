@@ -13,7 +13,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-use crate::util::{display, has_tool, is_root, project_root, Progress};
+use crate::project_root;
+use heapprobe_cli::util::{display, has_tool, is_root, Progress};
 
 /// Debian suites to take bpftrace from, newest first: testing when
 /// unstable cannot be installed on the day (it is mid-transition at times).

@@ -1,0 +1,384 @@
+//! `cargo heapprobe` in users' projects (tests/projects: workspaces of their
+//! own, depending on heapprobe by path, with nothing heapprobe-specific),
+//! installed as a user installs it (`cargo install --path xtask --root
+//! DIR`, once for all these tests), for real: root, perf, the kernel's
+//! uprobes. With `CI=true` a missing tool fails; elsewhere these tests skip
+//! with one loud line. They share kernel state and one target directory
+//! (`target/projects`), so they take turns.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use support::{assert_no_heapprobe_uprobes, root, tracing_available, TempDir};
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+/// What `build_inventory` allocates: 100 pages and the Vec of their pointers.
+const INVENTORY_BYTES: u64 = 100 * 4096 + 100 * 8;
+/// What `right::make` allocates: 7 buffers of 2000 bytes and their Vec.
+const RIGHT_BYTES: u64 = 7 * 2000 + 7 * 24;
+
+fn available(test: &str) -> Option<MutexGuard<'static, ()>> {
+    let guard = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+    tracing_available(test, &["perf"]).then_some(guard)
+}
+
+fn project(name: &str) -> PathBuf {
+    root().join("tests/projects").join(name)
+}
+
+/// The target directory the projects build into (`pair` names it in its
+/// own `.cargo/config.toml`; the others get it from `CARGO_TARGET_DIR`).
+fn shared_target() -> PathBuf {
+    root().join("target/projects")
+}
+
+/// Installs `cargo-heapprobe` once, as a user would, and returns the
+/// directory it is in.
+fn installed() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let install_root = root().join("target/cargo-heapprobe-install");
+        let out = Command::new(env!("CARGO"))
+            .args(["install", "--locked", "--force", "--path"])
+            .arg(root().join("xtask"))
+            .arg("--root")
+            .arg(&install_root)
+            // Kept between runs, so that a second run does not rebuild.
+            .env("CARGO_TARGET_DIR", root().join("target/install"))
+            .output()
+            .expect("cargo install runs");
+        assert!(out.status.success(), "cargo install failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let bin = install_root.join("bin");
+        assert!(bin.join("cargo-heapprobe").is_file(), "cargo install installed no cargo-heapprobe");
+        bin
+    })
+}
+
+/// `program ARGS` run in `dir` as from a user's shell there: `PWD` is
+/// `dir`, `cargo heapprobe` is on `PATH`, and none of the variables the
+/// test's own cargo set.
+fn user_command(program: &str, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(dir).env("PWD", dir);
+    for (var, _) in std::env::vars_os() {
+        let var = var.to_string_lossy().into_owned();
+        if (var.starts_with("CARGO_") && var != "CARGO_HOME") || var == "CARGO" || var == "RUSTFLAGS" {
+            cmd.env_remove(&var);
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let cargo_dir = Path::new(env!("CARGO")).parent().expect("cargo is in a directory").to_path_buf();
+    let dirs = [installed().to_path_buf(), cargo_dir].into_iter().chain(std::env::split_paths(&path));
+    cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+    cmd
+}
+
+/// `cargo ARGS` in `dir`, building into the shared target directory.
+fn cargo_in(dir: &Path, args: &[&str]) -> Output {
+    run(user_command("cargo", dir, args).env("CARGO_TARGET_DIR", shared_target()))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("the command runs");
+    eprintln!(
+        "$ {cmd:?}\n--- stdout\n{}--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Folded file → stack → weight.
+fn folded(path: &Path) -> HashMap<String, u64> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let (stack, weight) = line.rsplit_once(' ').expect("`stack weight`");
+            (stack.to_owned(), weight.parse().expect("numeric weight"))
+        })
+        .collect()
+}
+
+fn weight_through(stacks: &HashMap<String, u64>, frame: &str) -> u64 {
+    stacks.iter().filter(|(s, _)| s.split(';').any(|f| f == frame)).map(|(_, w)| w).sum()
+}
+
+/// Checks a flame graph of the inventory: exactly its bytes through
+/// `inventory::build_inventory`, each tower through it ending at it or one
+/// frame above (the allocator's own frames trimmed).
+fn assert_inventory_graph(svg: &Path, what: &str) {
+    let stacks = folded(&svg.with_extension("folded"));
+    assert_eq!(weight_through(&stacks, "inventory::build_inventory"), INVENTORY_BYTES, "{what}");
+    for stack in stacks.keys().filter(|s| s.contains("inventory::build_inventory")) {
+        let frames: Vec<&str> = stack.split(';').collect();
+        let at = frames.iter().position(|f| *f == "inventory::build_inventory").unwrap();
+        assert!(frames.len() - at <= 2, "{what}: a tower goes on above build_inventory: {stack}");
+    }
+    let image = std::fs::read_to_string(svg).unwrap();
+    assert!(image.contains("inventory::build_inventory"), "{what}: the SVG names the frame");
+}
+
+/// The README's main command, as a user of another project runs it: the
+/// exact bytes of the project's own function; the project's files and its
+/// ordinary build untouched.
+#[test]
+fn cargo_heapprobe_traces_a_test_of_a_users_project() {
+    let Some(_kernel) = available("cargo_heapprobe_traces_a_test_of_a_users_project") else { return };
+    let dir = project("inventory");
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    // An ordinary build first: tracing must not invalidate it.
+    assert!(cargo_in(&dir, &["test", "--no-run"]).status.success());
+    let tmp = TempDir::new("projects-inventory");
+    let svg = tmp.path().join("flamegraph.svg");
+    let out = cargo_in(&dir, &["heapprobe", "trace", "--test", "it_works", "--keep", "-o", svg.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_inventory_graph(&svg, "cargo heapprobe trace");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lost events: 0"));
+    // The other subcommands work there too: fold (of the kept perf.data),
+    // probes and doctor (of the same test, built the same way).
+    let kept = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("perf.data"))
+        .find(|p| p.is_file())
+        .expect("--keep kept perf.data");
+    let refolded = tmp.path().join("refolded.svg");
+    let out = cargo_in(&dir, &["heapprobe", "fold", kept.to_str().unwrap(), "-o", refolded.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(folded(&refolded.with_extension("folded")), folded(&svg.with_extension("folded")), "fold vs trace");
+    let out = cargo_in(&dir, &["heapprobe", "probes", "--test", "it_works"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("heapprobe  alloc "));
+    let out = cargo_in(&dir, &["heapprobe", "doctor", "--test", "it_works"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("0 failure(s)"));
+    assert!(shared_target().join("heapprobe").is_dir(), "built in the profile's own directory");
+    let again = cargo_in(&dir, &["test", "--no-run"]);
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("Compiling"), "the ordinary build was invalidated");
+    assert_eq!(std::fs::read_to_string(dir.join("Cargo.toml")).unwrap(), manifest, "Cargo.toml was changed");
+    assert_no_heapprobe_uprobes();
+}
+
+/// The project's own few-line xtask hands `trace` to the library.
+#[test]
+fn the_projects_own_xtask_traces_the_same() {
+    let Some(_kernel) = available("the_projects_own_xtask_traces_the_same") else { return };
+    let tmp = TempDir::new("projects-xtask");
+    let svg = tmp.path().join("xtask.svg");
+    let out = cargo_in(&project("inventory"), &["xtask", "trace", "--test", "it_works", "-o", svg.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_inventory_graph(&svg, "cargo xtask trace");
+    assert_no_heapprobe_uprobes();
+}
+
+/// `--manifest-path` from another directory: the graph goes to that
+/// directory (`flamegraph.svg`, the default).
+#[test]
+fn manifest_path_from_another_directory() {
+    let Some(_kernel) = available("manifest_path_from_another_directory") else { return };
+    let tmp = TempDir::new("projects-manifest-path");
+    let manifest = project("inventory").join("Cargo.toml");
+    let out = cargo_in(
+        tmp.path(),
+        &["heapprobe", "trace", "--manifest-path", manifest.to_str().unwrap(), "--test", "it_works"],
+    );
+    assert!(out.status.success());
+    assert_inventory_graph(&tmp.path().join("flamegraph.svg"), "--manifest-path");
+    assert_no_heapprobe_uprobes();
+}
+
+/// `--release`: the optimised build, with the allocator inlined into
+/// `__rust_alloc`, still weighs exactly, in its own profile directory.
+#[test]
+fn release_build() {
+    let Some(_kernel) = available("release_build") else { return };
+    let tmp = TempDir::new("projects-release");
+    let svg = tmp.path().join("release.svg");
+    let out = cargo_in(
+        &project("inventory"),
+        &["heapprobe", "trace", "--release", "--test", "it_works", "-o", svg.to_str().unwrap(), "-v"],
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--profile heapprobe-release"), "the release profile");
+    assert_inventory_graph(&svg, "--release");
+    assert!(shared_target().join("heapprobe-release").is_dir());
+    assert_no_heapprobe_uprobes();
+}
+
+/// A workspace of two members that both have an `it_works` test: `-p`
+/// picks one, and without it the error says so; inside a member's
+/// directory, that member is meant. The workspace's `build.target-dir` is
+/// where it builds.
+#[test]
+fn p_picks_a_member_of_a_two_member_workspace() {
+    let Some(_kernel) = available("p_picks_a_member_of_a_two_member_workspace") else { return };
+    let dir = project("pair");
+    let tmp = TempDir::new("projects-pair");
+    let svg = tmp.path().join("pair.svg");
+    let o = svg.to_str().unwrap();
+    let pair = |dir: &Path, args: &[&str]| run(&mut user_command("cargo", dir, args));
+    let out = pair(&dir, &["heapprobe", "trace", "--test", "it_works", "-o", o]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("packages left, right all have a test target named \"it_works\": pick one with -p"),
+        "the ambiguity is explained"
+    );
+    let out = pair(&dir, &["heapprobe", "trace", "-p", "right", "--test", "it_works", "-o", o]);
+    assert!(out.status.success());
+    let stacks = folded(&svg.with_extension("folded"));
+    assert_eq!(weight_through(&stacks, "right::make"), RIGHT_BYTES);
+    assert_eq!(weight_through(&stacks, "left::make"), 0);
+    assert!(shared_target().join("heapprobe").is_dir(), "the workspace's build.target-dir");
+    let out = pair(&dir.join("left"), &["heapprobe", "trace", "--test", "it_works", "-o", o]);
+    assert!(out.status.success());
+    let stacks = folded(&svg.with_extension("folded"));
+    assert_eq!(weight_through(&stacks, "left::make"), 3 * 1000 + 3 * 24);
+    assert_eq!(weight_through(&stacks, "right::make"), 0);
+    assert_no_heapprobe_uprobes();
+}
+
+/// The command an allocation assertion prints when it fails, from three
+/// places: the package's directory (as is), the workspace root of a
+/// multi-member workspace (`-p`), and outside (`--manifest-path`). Each,
+/// run as printed where `cargo test` ran, draws the scope's allocations.
+#[test]
+fn a_failed_assertion_prints_a_command_that_works() {
+    let Some(_kernel) = available("a_failed_assertion_prints_a_command_that_works") else { return };
+    let tmp = TempDir::new("projects-budget");
+    let inventory = project("inventory");
+    let manifest = inventory.join("Cargo.toml");
+    let pair = project("pair");
+    // (where cargo test runs, its arguments, the variable that makes the
+    // test fail, the command it must print, the frame, its bytes)
+    type Case<'a> = (&'a Path, Vec<&'a str>, (&'a str, &'a str), String, &'a str, u64);
+    let cases: [Case; 3] = [
+        (
+            &inventory,
+            vec!["test", "--test", "budget"],
+            ("INVENTORY_OVER_BUDGET", "1"),
+            String::from("cargo heapprobe trace --test inventory_stays_within_budget --event alloc_locked"),
+            "inventory::build_inventory",
+            INVENTORY_BYTES,
+        ),
+        (
+            tmp.path(),
+            vec!["test", "--manifest-path", manifest.to_str().unwrap(), "--test", "budget"],
+            ("INVENTORY_OVER_BUDGET", "1"),
+            format!(
+                "cargo heapprobe trace --manifest-path {} --test inventory_stays_within_budget --event alloc_locked",
+                manifest.display()
+            ),
+            "inventory::build_inventory",
+            INVENTORY_BYTES,
+        ),
+        (
+            &pair,
+            vec!["test", "-p", "right", "--test", "budget"],
+            ("RIGHT_OVER_BUDGET", "1"),
+            String::from("cargo heapprobe trace -p right --test right_stays_within_budget --event alloc_locked"),
+            "right::make",
+            RIGHT_BYTES,
+        ),
+    ];
+    for (dir, test, (var, value), expected, frame, bytes) in cases {
+        let mut cmd = user_command("cargo", dir, &test);
+        if dir != pair {
+            cmd.env("CARGO_TARGET_DIR", shared_target());
+        }
+        let out = run(cmd.env(var, value));
+        assert!(!out.status.success(), "the budget test fails on purpose");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let printed = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("to see where the scope allocated"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no command in the report:\n{stdout}"))
+            .trim();
+        assert_eq!(printed, expected);
+        let graph = dir.join("flamegraph.svg");
+        let folded_path = graph.with_extension("folded");
+        let mut shell = user_command("sh", dir, &["-c", printed]);
+        if dir != pair {
+            shell.env("CARGO_TARGET_DIR", shared_target());
+        }
+        let traced = run(shell.env(var, value));
+        let stacks = folded(&folded_path);
+        let graph_written = graph.is_file();
+        let _ = std::fs::remove_file(&graph);
+        let _ = std::fs::remove_file(&folded_path);
+        // The traced test fails again, as it does under cargo test, and says so.
+        assert!(!traced.status.success());
+        assert!(
+            String::from_utf8_lossy(&traced.stderr).contains("the traced test ended badly (exited with status 101)")
+        );
+        assert!(graph_written, "{printed}: no flame graph");
+        assert_eq!(weight_through(&stacks, frame), bytes, "{printed}");
+        assert_eq!(stacks.values().sum::<u64>(), bytes, "{printed}: only the scope's allocations");
+        assert_no_heapprobe_uprobes();
+    }
+}
+
+/// Bad input: a project that does not use heapprobe, a test no member has,
+/// an unknown package, a broken Cargo.toml, no Cargo.toml at all. Each is a
+/// clear error that names what was looked at, exits non-zero, writes
+/// nothing and leaves no probe behind.
+#[test]
+fn bad_input_fails_clearly_and_leaves_nothing_behind() {
+    let Some(_kernel) = available("bad_input_fails_clearly_and_leaves_nothing_behind") else { return };
+    let tmp = TempDir::new("projects-bad");
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(broken.join("src")).unwrap();
+    std::fs::write(broken.join("Cargo.toml"), "[package]\nname = \"broken\"\nversion = \n").unwrap();
+    std::fs::write(broken.join("src/lib.rs"), "").unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let svg = tmp.path().join("never.svg");
+    let o = svg.to_str().unwrap();
+    let plain = project("plain");
+    let inventory = project("inventory");
+    let cases: [(&Path, &[&str], String); 5] = [
+        (
+            &plain,
+            &["--test", "it_works"],
+            format!(
+                "no package of the workspace of {} depends on heapprobe (its packages: plain)",
+                plain.join("Cargo.toml").display()
+            ),
+        ),
+        (
+            &inventory,
+            &["--test", "no_such_test"],
+            format!(
+                "no test target and no test function named \"no_such_test\" (looked in inventory of the workspace of {})",
+                inventory.join("Cargo.toml").display()
+            ),
+        ),
+        (
+            &inventory,
+            &["-p", "nope", "--test", "it_works"],
+            format!(
+                "no package named \"nope\" in the workspace of {} (its packages: inventory, xtask)",
+                inventory.join("Cargo.toml").display()
+            ),
+        ),
+        (
+            &broken,
+            &["--test", "it_works"],
+            format!("cannot read the cargo workspace of {}", broken.join("Cargo.toml").display()),
+        ),
+        (&empty, &["--test", "it_works"], format!("no Cargo.toml in {} or any directory above it", empty.display())),
+    ];
+    for (dir, args, expected) in cases {
+        let out = cargo_in(dir, &[&["heapprobe", "trace", "-o", o], args].concat());
+        assert!(!out.status.success(), "{args:?} in {}", dir.display());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&expected), "{args:?} in {}: stderr lacks {expected:?}", dir.display());
+        assert!(!svg.exists() && !svg.with_extension("folded").exists(), "{args:?} wrote output");
+        assert_no_heapprobe_uprobes();
+    }
+}
