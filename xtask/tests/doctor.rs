@@ -213,11 +213,13 @@ fn alloc_samples_from_the_start(exe: &Path, args: &[&str], scratch: &Path) -> u6
 /// whose semaphores sit in a file page RELRO maps too exactly when perf,
 /// recording the program from its start, sees none of its guarded sites;
 /// `cargo heapprobe trace` refuses to launch such a program (saying why and
-/// what to do), and traces it by `--pid` once it runs. The fixture keeps 8
-/// KiB of data before its semaphores (never flagged, always seen); the
-/// workload, built with the usdt backend, hits the trap (the positive
-/// control: should a layout change move it out, another binary must take
-/// its place).
+/// what to do), and traces it by `--pid` once it runs. The fixture, built
+/// with the usdt backend, is the negative control: its semaphores follow
+/// the 26 KiB of `.data` that heapprobe's profiler state takes (never
+/// flagged, always seen). The positive control is the workload linked with
+/// a script that puts `.probes` first in the writable segment, in the file
+/// page that ends RELRO: the layout that hit the trap before that state
+/// grew, made on purpose so that no layout change can remove it.
 #[test]
 fn semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark() {
     if !tracing_available("semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark", &["perf"]) {
@@ -225,7 +227,23 @@ fn semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark() {
     }
     let tmp = TempDir::new("doctor-relro");
     let fixture = build_fixture(Linker::Default, Backend::Usdt);
-    let workload = fixture.with_file_name("heapprobe-workload");
+    // The positive control: `.probes` moved before `.data` by the linker.
+    let relro_dir = root().join("target/fixture-relro");
+    std::fs::create_dir_all(&relro_dir).unwrap();
+    let script = relro_dir.join("probes-first.ld");
+    std::fs::write(&script, "SECTIONS { .probes : { *(.probes) } } INSERT BEFORE .data;\n").unwrap();
+    let relro_flags = format!("-C link-arg=-Wl,-T,{}", script.display());
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--package", "heapprobe-fixture", "--features", "usdt", "--bin"])
+        .arg("heapprobe-workload")
+        .arg("--target-dir")
+        .arg(&relro_dir)
+        .env("RUSTFLAGS", &relro_flags)
+        .current_dir(root())
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the workload with {relro_flags}");
+    let workload = relro_dir.join("debug/heapprobe-workload");
     let mut flagged = Vec::new();
     for (exe, args, made) in [(&fixture, &[][..], 1000), (&workload, &["1"][..], 1000)] {
         let (_, stdout, _) = doctor(&[exe.to_str().unwrap()]);
@@ -251,23 +269,21 @@ fn semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark() {
     let trace = |args: &[&str]| {
         run(Command::new(env!("CARGO_BIN_EXE_cargo-heapprobe"))
             .current_dir(root())
-            .env("CARGO_TARGET_DIR", root().join("target/fixture-default-usdt"))
+            .env("CARGO_TARGET_DIR", &relro_dir)
+            .env("RUSTFLAGS", &relro_flags)
             .arg("trace")
             .args(args)
             .args(["-o", svg.to_str().unwrap()]))
     };
     let (out, _, stderr) =
         trace(&["-p", "heapprobe-fixture", "--features", "usdt", "--bin", "heapprobe-workload", "--", "1"]);
-    let built = root().join("target/fixture-default-usdt/heapprobe/heapprobe-workload");
+    let built = relro_dir.join("heapprobe/heapprobe-workload");
     let (_, verdict, _) = doctor(&[built.to_str().unwrap()]);
-    if line(&verdict, "semaphores").contains("RELRO") {
-        assert!(!out.status.success());
-        assert!(stderr.contains("that its RELRO segment maps too"), "{stderr}");
-        assert!(stderr.contains("--pid once it runs"));
-        assert!(!svg.exists());
-    } else {
-        assert!(out.status.success(), "not flagged, so traced");
-    }
+    assert!(line(&verdict, "semaphores").contains("RELRO"), "the traced build keeps the trap: {verdict}");
+    assert!(!out.status.success());
+    assert!(stderr.contains("that its RELRO segment maps too"), "{stderr}");
+    assert!(stderr.contains("--pid once it runs"));
+    assert!(!svg.exists());
     let mut running = Command::new(&workload).arg("100000").stdout(std::process::Stdio::null()).spawn().unwrap();
     let (out, stdout, _) = trace(&["--pid", &running.id().to_string(), "--duration", "1", "--weight", "count"]);
     let _ = running.kill();
