@@ -8,6 +8,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 use support::{assert_no_heapprobe_uprobes, build_fixture, root, tracing_available, Backend, Linker, TempDir};
 
@@ -153,11 +154,17 @@ fn xtask_in_namespace(setup: &str, args: &[&str]) -> (Output, String, String) {
     run(&mut cmd)
 }
 
+/// Held by the tests of this binary that register uprobes or check that
+/// none is left: the check counts this process's groups as left behind, so
+/// it must never run while another test here holds one.
+static UPROBES: Mutex<()> = Mutex::new(());
+
 #[test]
 fn tracefs_missing_is_mounted_when_root_or_explained() {
     if !tracing_available("tracefs_missing_is_mounted_when_root_or_explained", &["perf", "unshare"]) {
         return;
     }
+    let _uprobes = UPROBES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let unmount = "umount /sys/kernel/tracing && { umount -l /sys/kernel/debug 2>/dev/null || true; } \
                    && test ! -e /sys/kernel/tracing/uprobe_events";
     // Root mounts it and goes on.
@@ -225,6 +232,7 @@ fn semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark() {
     if !tracing_available("semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark", &["perf"]) {
         return;
     }
+    let _uprobes = UPROBES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let tmp = TempDir::new("doctor-relro");
     let fixture = build_fixture(Linker::Default, Backend::Usdt);
     // The positive control: `.probes` moved before `.data` by the linker.
