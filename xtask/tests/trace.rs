@@ -330,7 +330,13 @@ fn a_user_with_two_capabilities_traces_their_own_process() {
     let xtask = Path::new(env!("CARGO_BIN_EXE_cargo-heapprobe"));
     let svg = tmp.path().join("caps.svg");
     let traced = as_nobody("+perfmon,+dac_override", xtask)
-        .args(["trace", "--pid", &pid, "--duration", "1", "--weight", "count", "-o", svg.to_str().unwrap()])
+        // `--max-lost 50`: as an unprivileged user, perf's ring buffer is
+        // held to perf_event_mlock_kb, and under load it drops a few percent
+        // of the service's 50 000 events a second (3.5% once in 20 runs
+        // with both cores busy), which the tool reports and by default fails
+        // on; what this test checks is the capabilities' path.
+        .args(["trace", "--pid", &pid, "--duration", "1", "--weight", "count", "--max-lost", "50", "-o"])
+        .arg(&svg)
         .output()
         .unwrap();
     let refused = as_nobody("+perfmon,+dac_override", xtask)
@@ -886,6 +892,7 @@ fn sigkill_of_a_pid_trace_never_stops_the_process_and_the_next_trace_works() {
         service.phase("mixed 5");
         let recorders = descendants(trace.pid());
         assert!(!recorders.is_empty(), "{backend}: no recorder under the xtask");
+        let killed_group = format!("{}{}_", heapprobe_sdt::GROUP_PREFIX, trace.pid());
         trace.signal(libc::SIGKILL);
         let (status, _, _) = trace.finish();
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
@@ -895,7 +902,11 @@ fn sigkill_of_a_pid_trace_never_stops_the_process_and_the_next_trace_works() {
         assert_eq!(state(service.pid()), Some('S'), "{backend}: the service runs on, waiting for commands");
         assert!(service.phase("mixed 1")["allocations"] > 0, "{backend}: the service still works");
 
-        // The next trace works, and sweeps what the killed one left.
+        // The next trace works, and sweeps what the killed one left. (A
+        // trace of another checkout running beside this one may sweep the
+        // killed run's group first: then ours has none to name.)
+        let uprobe_events = heapprobe_sdt::tracefs().unwrap().join("uprobe_events");
+        let group_left = std::fs::read_to_string(&uprobe_events).unwrap().contains(&killed_group);
         let next = tmp.path().join("next.svg");
         let mut trace = Tracing::start(&["trace", "--pid", &pid, "--backend", backend, "-o", next.to_str().unwrap()]);
         trace.wait_for("attached: recording");
@@ -904,8 +915,10 @@ fn sigkill_of_a_pid_trace_never_stops_the_process_and_the_next_trace_works() {
         let (status, _, stderr) = trace.finish();
         assert!(status.success(), "{backend}: {stderr}");
         assert_eq!(folded(&next.with_extension("folded")).values().sum::<u64>(), report["alloc_bytes"]);
-        if *backend == "perf" {
+        if *backend == "perf" && group_left {
             assert!(stderr.contains("uprobes left by an earlier run that was killed"), "{stderr}");
+        }
+        if *backend == "perf" {
             assert!(stderr.contains("scratch folder(s) left in"), "{stderr}");
         }
         assert!(std::fs::read_dir(tmp.path())
