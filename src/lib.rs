@@ -158,6 +158,8 @@
 
 mod alloc;
 pub mod compat;
+#[cfg(feature = "profile")]
+pub mod diff;
 #[cfg(any(feature = "prometheus", feature = "json"))]
 pub mod export;
 mod future;
@@ -167,6 +169,8 @@ mod local;
 pub mod probes;
 pub mod profile;
 mod scope;
+#[cfg(feature = "profile")]
+pub mod snapshot;
 mod stats;
 mod summary;
 mod tally;
