@@ -856,11 +856,15 @@ pub(crate) fn is_std_frame(frame: &str) -> bool {
 
 /// Where a stack (root first) allocated: its innermost frame that is
 /// neither the allocator's nor the standard library's, then up to two
-/// callers, as `site <- caller <- caller`.
+/// callers that are not either (iterator adapters, `call_once` shims), as
+/// `site <- caller <- caller`; the innermost frame if every one is.
 pub(crate) fn site(stack: &str) -> String {
-    let frames: Vec<&str> = stack.rsplit(';').collect();
-    let at = frames.iter().position(|f| !is_allocator_frame(f) && !is_std_frame(f) && *f != "[truncated]").unwrap_or(0);
-    frames[at..].iter().take(3).copied().collect::<Vec<_>>().join(" <- ")
+    let own = |f: &&str| !is_allocator_frame(f) && !is_std_frame(f) && *f != "[truncated]";
+    let frames: Vec<&str> = stack.rsplit(';').filter(own).take(3).collect();
+    if frames.is_empty() {
+        return stack.rsplit(';').next().unwrap_or_default().to_owned();
+    }
+    frames.join(" <- ")
 }
 
 mod svg {

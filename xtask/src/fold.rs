@@ -55,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let recording = Recording { folded, lost, status: None };
     let folded_path = args.output.with_extension("folded");
-    recording.folded.write(&folded_path)?;
+    recording.folded.write(&folded_path, args.weight, &args.event)?;
     let svg = (recording.folded.total > 0).then_some(args.output.as_path());
     if let Some(svg) = svg {
         let title =

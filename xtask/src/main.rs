@@ -2,6 +2,7 @@
 //! file only parses the command line and dispatches.
 
 mod bench;
+mod diff;
 mod doctor;
 mod flame;
 mod fold;
@@ -41,6 +42,9 @@ enum Command {
     /// Run the whole test suite: every feature set, the end-to-end tracing
     /// tests included (installs perf and bpftrace first when root).
     Test(test::Args),
+    /// Compare two allocation profiles (folded files or snapshots): the
+    /// stacks that grew and shrank, and a differential flame graph.
+    Diff(diff::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Doctor(args) => doctor::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Diff(args) => diff::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! `cargo xtask trace`: from a test, a binary or a live PID to a
 //! byte-weighted `flamegraph.svg`.
 
+mod baseline;
 mod bpftrace;
 pub mod perf;
 mod symbols;
@@ -20,7 +21,7 @@ use crate::util::{self, Progress};
 pub const PROVIDER: &str = "heapprobe";
 
 /// Options of `cargo xtask trace`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     #[command(flatten)]
     target: TargetArgs,
@@ -57,6 +58,12 @@ pub struct Args {
     /// Echo the commands run.
     #[arg(short, long)]
     verbose: bool,
+    /// Trace the same target at this git revision too (checked out in a
+    /// temporary worktree, built in `target/heapprobe-baseline/`), then
+    /// write their differential flame graph to --output, the two traces
+    /// next to it (`NAME.before.*`, `NAME.after.*`), and the diff summary.
+    #[arg(long, value_name = "REF", conflicts_with = "pid")]
+    baseline: Option<String>,
 }
 
 /// Which tool records.
@@ -163,7 +170,14 @@ impl std::fmt::Display for Ended {
 /// The pid of the recording tool, for forwarding Ctrl-C (0 = none).
 pub static RECORDER_PID: AtomicU32 = AtomicU32::new(0);
 
+/// Set when Ctrl-C was pressed (a recording ends early, and `--baseline`
+/// stops after it).
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(reference) = args.baseline.clone() {
+        return baseline::run(args, &reference);
+    }
     check_event(&args)?;
     util::check_tracing_privileges(match args.backend {
         Backend::Perf => "perf",
@@ -243,7 +257,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let folded_path = args.output.with_extension("folded");
-    recording.folded.write(&folded_path)?;
+    recording.folded.write(&folded_path, args.weight, &args.event)?;
     let weight = args.weight;
     let totals = summary_line(&recording.folded, weight);
     let title = format!("heapprobe: {label}, heapprobe:{} by {}", args.event, weight.count_name());
@@ -354,7 +368,13 @@ fn work_dir(output: &Path) -> anyhow::Result<PathBuf> {
 /// terminal, or forwarded here when only we were signalled), finishes, and
 /// we fold what it recorded and remove the probes.
 fn install_ctrlc_forwarding() -> anyhow::Result<()> {
+    // Once per process: `--baseline` traces twice.
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
     ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
         let pid = RECORDER_PID.load(Ordering::SeqCst);
         if pid != 0 {
             // SAFETY: kill(2) with a pid we spawned and SIGINT has no memory effects.

@@ -5,8 +5,13 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-/// The workspace root (the parent of `xtask/`).
+/// The workspace root: `HEAPPROBE_WORKSPACE` when set (how `trace
+/// --baseline` points a trace at its temporary worktree, and the tests at a
+/// throwaway project), else the parent of `xtask/`.
 pub fn project_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HEAPPROBE_WORKSPACE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
 }
 

@@ -41,7 +41,9 @@ fn folded(capture: &str, event: &str, weight: &str, frame: &str) -> String {
     assert!(image.contains(frame), "the SVG shows {frame}");
     let text = std::fs::read_to_string(svg.with_extension("folded")).unwrap();
     let _ = std::fs::remove_dir_all(dir);
-    text
+    // The header records the weight and the event (`cargo xtask diff` checks it).
+    let header = format!("# heapprobe: weight={weight} event={event}\n");
+    text.strip_prefix(&header).unwrap_or_else(|| panic!("the folded file starts with {header:?}:\n{text}")).to_owned()
 }
 
 fn total(folded: &str) -> u64 {

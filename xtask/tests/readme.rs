@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-const SUBCOMMANDS: [&str; 6] = ["trace", "probes", "doctor", "fold", "bench", "test"];
+const SUBCOMMANDS: [&str; 7] = ["trace", "probes", "doctor", "fold", "bench", "test", "diff"];
 
 #[test]
 fn every_subcommand_and_flag_is_in_the_readme() {
