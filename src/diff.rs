@@ -47,7 +47,7 @@
 //! byte deltas, give each side a second, count-weighted file of the same
 //! recording ([`Side::with_counts`]): `cargo xtask trace --weight count`,
 //! `cargo xtask fold --weight count` on the same capture, the profiler's
-//! [`View::AllocatedObjects`](crate::profile::View::AllocatedObjects), or
+//! [`View::AllocatedObjects`], or
 //! the `.count.folded` file that `HEAPPROBE_PROFILE=…,out=` writes. An
 //! allocation snapshot (`tests/snapshots/*.allocs`) carries both
 //! ([`Side::read`] reads it).
@@ -473,6 +473,19 @@ impl Side {
         }
     }
 
+    /// The side with allocator frames trimmed ([`trim_allocator_frames`]).
+    fn trimmed(self) -> Side {
+        let trim = |folded: Folded| {
+            let Folded { stacks, weight, source, origin } = folded;
+            let mut out = Folded { stacks: BTreeMap::new(), weight, source, origin };
+            for (stack, weight) in stacks {
+                out.add(&trim_allocator_frames(&stack), weight);
+            }
+            out
+        };
+        Side { weights: trim(self.weights), counts: self.counts.map(trim) }
+    }
+
     /// The profile.
     pub fn weights(&self) -> &Folded {
         &self.weights
@@ -502,6 +515,13 @@ pub struct Options {
     /// Leave frames narrower than this many pixels out of the flame graph
     /// (they stay in the summary). Default is `0.1`.
     pub min_width: f64,
+    /// Keep the allocator's own frames atop each stack: heapprobe's
+    /// wrapper, `__rust_alloc` and the standard library's plumbing under
+    /// the method the code called (`Vec::with_capacity`, `Box::new`). Default
+    /// is `false`: they are trimmed (as `cargo heapprobe trace` does by
+    /// default, and allocation snapshots always do), so every tower ends at
+    /// the allocation site; stacks that become the same are merged.
+    pub keep_allocator_frames: bool,
 }
 
 impl Default for Options {
@@ -512,6 +532,7 @@ impl Default for Options {
             title: String::from("heapprobe: allocation diff"),
             width: 1200,
             min_width: 0.1,
+            keep_allocator_frames: false,
         }
     }
 }
@@ -584,6 +605,8 @@ impl Diff {
     /// [`Error::Weights`] when the two record different weights (bytes
     /// against counts), or only one of them has counts.
     pub fn new(before: Side, after: Side, options: &Options) -> Result<Diff, Error> {
+        let (before, after) =
+            if options.keep_allocator_frames { (before, after) } else { (before.trimmed(), after.trimmed()) };
         let (b, a) = (&before.weights, &after.weights);
         let weight = match (b.weight, a.weight) {
             (Some(x), Some(y)) if x != y => {
@@ -852,6 +875,22 @@ pub(crate) fn is_allocator_frame(frame: &str) -> bool {
 /// The standard library's frames (and hashbrown's: std's maps are it).
 pub(crate) fn is_std_frame(frame: &str) -> bool {
     matches!(crate_of(frame), Some("alloc" | "core" | "std" | "hashbrown"))
+}
+
+/// A stack (root first) without the allocator's own frames atop it: first
+/// heapprobe's frames and the global allocator's shims (`__rust_alloc`,
+/// `__rdl_alloc`, …), then, of the standard library's frames left on top,
+/// all but the outermost: the method the code called (`Vec::with_capacity`,
+/// `Box::new`, `HashMap::insert`) stays, `RawVec` and `Global::alloc_impl`
+/// under it go. Never every frame: a stack of allocator frames only keeps
+/// its outermost. (The rule of `cargo heapprobe trace`'s default.)
+pub fn trim_allocator_frames(stack: &str) -> String {
+    let frames: Vec<&str> = stack.split(';').collect();
+    let n = frames.len();
+    let allocator = frames.iter().rev().take_while(|f| is_allocator_frame(f)).count();
+    let library = frames[..n - allocator].iter().rev().take_while(|f| is_std_frame(f)).count();
+    let keep = n - (allocator + library.saturating_sub(1)).min(n.saturating_sub(1));
+    frames[..keep].join(";")
 }
 
 /// Where a stack (root first) allocated: its innermost frame that is
@@ -1293,6 +1332,24 @@ mod tests {
         assert_eq!(crate_of("<alloc::alloc::Global as core::alloc::Allocator>::allocate"), Some("alloc"));
         assert_eq!(crate_of("<T as alloc::slice::hack::ConvertVec>::to_vec"), Some("alloc"));
         assert_eq!(crate_of("my_crate::f"), Some("my_crate"));
+    }
+
+    #[test]
+    fn allocator_frames_are_trimmed_down_to_the_method_called_unless_kept() {
+        let stack = "main;app::f;alloc::vec::Vec<T>::with_capacity;alloc::raw_vec::RawVecInner<A>::try_allocate_in;\
+                     alloc::alloc::alloc;__rustc::__rust_alloc;<heapprobe::alloc::Heapprobe<A> as \
+                     core::alloc::global::GlobalAlloc>::alloc;heapprobe::alloc::Heapprobe<A>::alloc_slow";
+        assert_eq!(trim_allocator_frames(stack), "main;app::f;alloc::vec::Vec<T>::with_capacity");
+        assert_eq!(trim_allocator_frames("alloc::alloc::alloc;__rust_alloc"), "alloc::alloc::alloc");
+        assert_eq!(trim_allocator_frames("__rust_alloc"), "__rust_alloc");
+        let before =
+            format!("# heapprobe: weight=bytes\n{stack} 10\nmain;app::f;alloc::vec::Vec<T>::with_capacity 5\n");
+        let side = || Side::new(Folded::parse(&before, "B").unwrap());
+        let trimmed = Diff::new(side(), side(), &Options::default()).unwrap();
+        assert_eq!(trimmed.rows().len(), 1, "the two stacks merge");
+        assert_eq!(trimmed.rows()[0].before, 15);
+        let kept = Diff::new(side(), side(), &Options { keep_allocator_frames: true, ..Options::default() }).unwrap();
+        assert_eq!(kept.rows().len(), 2);
     }
 
     #[test]

@@ -782,15 +782,10 @@ pub(crate) fn normalize_stack(stack: &str) -> String {
     let frames: Vec<&str> = stack.split(';').collect();
     let start = frames.iter().rposition(|f| f.starts_with(MARKER)).map_or(0, |i| i + 1);
     let frames: Vec<String> = frames[start..].iter().map(|f| normalize_frame(f)).collect();
-    let n = frames.len();
-    let allocator = frames.iter().rev().take_while(|f| diff::is_allocator_frame(f)).count();
-    let library = frames[..n - allocator].iter().rev().take_while(|f| diff::is_std_frame(f)).count();
-    let keep = n - (allocator + library.saturating_sub(1)).min(n.saturating_sub(1));
-    let kept = &frames[..keep];
-    if kept.is_empty() {
+    if frames.is_empty() {
         return String::from("[unknown]");
     }
-    kept.join(";")
+    diff::trim_allocator_frames(&frames.join(";"))
 }
 
 /// One frame's name without what varies between machines and mangling

@@ -33,6 +33,12 @@ pub struct Args {
     /// The flame graph's title. Default: `heapprobe diff: BEFORE -> AFTER`.
     #[arg(long, value_name = "TEXT")]
     pub title: Option<String>,
+    /// Keep the allocator's own frames atop each stack (heapprobe's wrapper,
+    /// `__rust_alloc`, the standard library's plumbing under the method the
+    /// code called). Default: trimmed, so every tower ends at its
+    /// allocation site.
+    #[arg(long)]
+    pub keep_allocator_frames: bool,
     /// Where to write the differential flame graph.
     #[arg(short, long, default_value = "diff.svg")]
     pub output: PathBuf,
@@ -48,6 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut options = Options::default();
     options.normalize = args.normalize;
     options.top = args.top;
+    options.keep_allocator_frames = args.keep_allocator_frames;
     options.title = args
         .title
         .clone()
