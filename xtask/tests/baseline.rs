@@ -16,6 +16,7 @@ mod svg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 use support::{assert_no_heapprobe_uprobes, root, tracing_available, TempDir};
 
@@ -145,6 +146,14 @@ fn xtask(repo: &Path, args: &[&str]) -> (Output, u32) {
     (out, pid)
 }
 
+/// One test at a time: a run sweeps the worktree directories of dead pids,
+/// and the error test makes one on purpose.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn worktree_dir(pid: u32) -> PathBuf {
     std::env::temp_dir().join(format!("heapprobe-baseline-{pid}"))
 }
@@ -154,7 +163,25 @@ fn baseline_head_1_shows_the_known_change() {
     if !tracing_available("baseline_head_1_shows_the_known_change", &["bpftrace", "git"]) {
         return;
     }
-    let tmp = TempDir::new("xtask-baseline");
+    known_change_against_head_1("bpftrace");
+}
+
+/// With perf, the count deltas too (perf.data is folded a second time, by
+/// count). Ignored on this branch: its perf script parser drops the events
+/// whose name perf right-aligns (`alloc__8` under `alloc__12`), which is
+/// every event of this program; heapprobe-cli's parser reads them.
+#[test]
+#[ignore = "needs the perf parser that reads right-aligned event names (heapprobe-cli)"]
+fn baseline_head_1_shows_the_known_change_with_counts_under_perf() {
+    if !tracing_available("baseline_head_1_shows_the_known_change_with_counts_under_perf", &["perf", "git"]) {
+        return;
+    }
+    known_change_against_head_1("perf");
+}
+
+fn known_change_against_head_1(backend: &str) {
+    let _serial = serial();
+    let tmp = TempDir::new(&format!("xtask-baseline-{backend}"));
     let repo = tmp.path().join("repo");
     repository(&repo);
     let out_dir = tmp.path().join("out");
@@ -167,7 +194,7 @@ fn baseline_head_1_shows_the_known_change() {
             "--bin",
             "known-change",
             "--backend",
-            "bpftrace",
+            backend,
             "--baseline",
             "HEAD~1",
             "-o",
@@ -180,9 +207,21 @@ fn baseline_head_1_shows_the_known_change() {
         let needle = format!("  known_change::{frame} <- ");
         stdout.lines().find(|l| l.contains(&needle)).unwrap_or_else(|| panic!("no {frame} line in:\n{stdout}"))
     };
-    assert!(line("kilobyte_blocks").trim_start().starts_with("+51200 B  "), "{stdout}");
-    assert!(line("new_block").trim_start().starts_with("+4096 B  ") && line("new_block").ends_with("(new)"));
-    assert!(line("old_block").trim_start().starts_with("-512 B  ") && line("old_block").ends_with("(gone)"));
+    // perf gives the count deltas as well; bpftrace sums by bytes alone.
+    let (kb, new, old) = match backend {
+        "perf" => ("+51200 B  +50  ", "+4096 B   +1  ", "-512 B  -1  "),
+        _ => ("+51200 B  ", "+4096 B  ", "-512 B  "),
+    };
+    assert!(line("kilobyte_blocks").trim_start().starts_with(kb), "{stdout}");
+    assert!(line("new_block").trim_start().starts_with(new) && line("new_block").ends_with("(new)"), "{stdout}");
+    assert!(line("old_block").trim_start().starts_with(old) && line("old_block").ends_with("(gone)"), "{stdout}");
+    if backend == "perf" {
+        assert!(stdout.contains(", count +50 ("), "{stdout}");
+        let counts = std::fs::read_to_string(out_dir.join("diff.after.count.folded")).unwrap();
+        assert!(counts.starts_with("# heapprobe: weight=count event=alloc\n"), "{counts}");
+    } else {
+        assert!(stdout.contains("no count deltas: bpftrace sums by the weight alone"), "{stdout}");
+    }
     assert!(
         stdout.contains("top 2 stacks that grew (of 2):\n") && stdout.contains("top 1 stack that shrank (of 1):\n")
     );
@@ -212,6 +251,7 @@ fn baseline_head_1_shows_the_known_change() {
 
 #[test]
 fn a_bad_revision_or_no_repository_is_a_clear_error_and_stale_worktrees_are_swept() {
+    let _serial = serial();
     let tmp = TempDir::new("xtask-baseline-errors");
     let repo = tmp.path().join("repo");
     repository(&repo);

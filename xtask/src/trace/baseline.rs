@@ -67,6 +67,12 @@ pub fn run(args: Args, reference: &str) -> anyhow::Result<()> {
 
     let (before_svg, after_svg) = (sibling(&args.output, "before", "svg"), sibling(&args.output, "after", "svg"));
     let mut worktree = Worktree::add(&git, &top, &commit)?;
+    // A revision without a lock file resolves its dependencies as the
+    // working tree did (and offline): the code is what is compared.
+    let (lock, worktree_lock) = (workspace.join("Cargo.lock"), worktree.path.join(&relative).join("Cargo.lock"));
+    if lock.is_file() && !worktree_lock.exists() {
+        std::fs::copy(&lock, &worktree_lock).with_context(|| format!("cannot copy {}", lock.display()))?;
+    }
     eprintln!(
         "==> BEFORE: {reference} ({short}), checked out in a temporary worktree ({}), built in {}",
         worktree.path.display(),
@@ -128,7 +134,11 @@ fn trace_side(args: &Args, svg: &Path, tag: &str) -> anyhow::Result<heapprobe::d
     side.output = svg.to_path_buf();
     let counted = args.backend == Backend::Perf && args.weight == Weight::Bytes;
     side.keep = args.keep || counted;
-    super::run(side)?;
+    let traced = super::run(side);
+    if counted && !args.keep && traced.is_err() {
+        let _ = std::fs::remove_dir_all(super::work_dir(svg)?);
+    }
+    traced?;
     let folded = svg.with_extension("folded");
     let mut counts = None;
     if counted {
