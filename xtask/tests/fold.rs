@@ -58,6 +58,20 @@ fn folded_with_stdout(capture: &str, event: &str, weight: &str, frame: &str) -> 
     assert!(image.contains(frame), "the SVG shows {frame}");
     let text = std::fs::read_to_string(svg.with_extension("folded")).unwrap();
     let _ = std::fs::remove_dir_all(dir);
+    // The header records the weight and the event (`cargo heapprobe diff` checks it).
+    let header = format!(
+        "# heapprobe: weight={weight} event={event}
+"
+    );
+    let text = text
+        .strip_prefix(&header)
+        .unwrap_or_else(|| {
+            panic!(
+                "the folded file starts with {header:?}:
+{text}"
+            )
+        })
+        .to_owned();
     (text, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
