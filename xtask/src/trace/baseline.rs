@@ -140,7 +140,8 @@ pub fn run(options: &Options, reference: &str) -> anyhow::Result<Outcome> {
         target_dir.display()
     );
     let before = trace_side(&before_options, &before_svg, "before")
-        .with_context(|| format!("tracing the baseline {reference} ({short}) in {}", worktree.path.display()))?;
+        .with_context(|| format!("tracing the baseline {reference} ({short}) in {}", worktree.path.display()))
+        .map_err(interrupted)?;
     worktree.remove()?;
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!(
@@ -149,7 +150,8 @@ pub fn run(options: &Options, reference: &str) -> anyhow::Result<Outcome> {
         );
     }
     eprintln!("==> AFTER: the working tree, {}", root.display());
-    let (after, mut outcome) = trace_side(options, &after_svg, "after").context("tracing the working tree")?;
+    let (after, mut outcome) =
+        trace_side(options, &after_svg, "after").context("tracing the working tree").map_err(interrupted)?;
 
     let mut diff_options = heapprobe::diff::Options::default();
     diff_options.title = options.graph.title.clone().unwrap_or_else(|| {
@@ -178,6 +180,16 @@ pub fn run(options: &Options, reference: &str) -> anyhow::Result<Outcome> {
     }
     outcome.diff = Some(options.output.clone());
     Ok(outcome)
+}
+
+/// A side's error, said to follow a Ctrl-C when one came (the traced
+/// program or the build may have died of it).
+fn interrupted(error: anyhow::Error) -> anyhow::Error {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        error.context("interrupted (Ctrl-C)")
+    } else {
+        error
+    }
 }
 
 /// `path`, absolute and with its links resolved.
