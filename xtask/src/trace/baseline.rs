@@ -321,3 +321,27 @@ fn sweep_stale(git: &str, top: &Path) {
     }
     let _ = git_output(git, top, &["worktree", "prune"]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sides_go_next_to_the_output() {
+        assert_eq!(sibling(Path::new("out/diff.svg"), "before", "svg"), Path::new("out/diff.before.svg"));
+        assert_eq!(sibling(Path::new("diff.svg"), "after", "perf.data"), Path::new("diff.after.perf.data"));
+    }
+
+    #[test]
+    fn only_worktrees_of_dead_runs_are_stale() {
+        let mut dead = Command::new("true").spawn().unwrap();
+        let pid = dead.id();
+        dead.wait().unwrap();
+        assert!(stale(&format!("{PREFIX}{pid}")));
+        // Not stale: ours, a live run's (pid 1), and names of other shapes.
+        assert!(!stale(&format!("{PREFIX}{}", std::process::id())));
+        assert!(!stale(&format!("{PREFIX}1")));
+        assert!(!stale(&format!("{PREFIX}xtask-{pid}")));
+        assert!(!stale(&format!("heapprobe-other-{pid}")));
+    }
+}
