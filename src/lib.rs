@@ -114,6 +114,29 @@
 //! `heapprobe:sample_free` (and, feature `otel`, `otel_memory:alloc` /
 //! `otel_memory:free`).
 //!
+//! # Catching regressions
+//!
+//! With the `diff` feature (which `profile` turns on), `heapprobe::diff`
+//! compares two folded profiles (from `cargo heapprobe trace`, `fold` or the
+//! profiler) stack by stack: a summary of the stacks that grew and shrank,
+//! with signed byte and count deltas, and a differential flame graph
+//! coloured by each frame's inclusive change, where stacks that vanished
+//! keep their width. Allocation snapshots (feature `profile`:
+//! `heapprobe::snapshot`, `assert_allocation_snapshot!`) store a block's
+//! exact `Stats` and stacks under the crate's `tests/snapshots/` and fail
+//! when it allocates more, with that diff and its flame graph:
+//!
+//! ```no_run
+//! # use heapprobe::Heapprobe;
+//! # use std::alloc::System;
+//! # #[global_allocator]
+//! # static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
+//! let words = heapprobe::assert_allocation_snapshot!(GLOBAL, "split_words", {
+//!     "a b c".split(' ').map(str::to_owned).collect::<Vec<_>>()
+//! });
+//! # drop(words);
+//! ```
+//!
 //! # Probes
 //!
 //! Every call fires a USDT (SystemTap SDT) probe of provider `heapprobe`,
@@ -159,6 +182,8 @@
 
 mod alloc;
 pub mod compat;
+#[cfg(feature = "diff")]
+pub mod diff;
 #[cfg(any(feature = "prometheus", feature = "json"))]
 pub mod export;
 mod future;
@@ -168,6 +193,8 @@ mod local;
 pub mod probes;
 pub mod profile;
 mod scope;
+#[cfg(feature = "profile")]
+pub mod snapshot;
 mod stats;
 mod summary;
 mod tally;

@@ -79,6 +79,12 @@ mod imp {
         };
         write(format!("{out}.folded"), profile.write_folded(format!("{out}.folded"), View::AllocatedBytes));
         write(format!("{out}.inuse.folded"), profile.write_folded(format!("{out}.inuse.folded"), View::InUseBytes));
+        // The allocations per stack, beside the bytes: `cargo heapprobe diff`'s
+        // count deltas.
+        write(
+            format!("{out}.count.folded"),
+            profile.write_folded(format!("{out}.count.folded"), View::AllocatedObjects),
+        );
         write(format!("{out}.json"), std::fs::write(format!("{out}.json"), profile.live_json()));
         #[cfg(feature = "profile")]
         write(

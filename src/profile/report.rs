@@ -466,9 +466,15 @@ impl Profile {
         out
     }
 
-    /// Writes [`folded`](Self::folded) to `path`.
+    /// Writes [`folded`](Self::folded) to `path`, after a header line that
+    /// records what the numbers are, `# heapprobe: weight=bytes
+    /// view=alloc_space` (`weight=count` for the objects views), which
+    /// inferno skips and `cargo heapprobe diff` checks (see `heapprobe::diff`).
     pub fn write_folded(&self, path: impl AsRef<Path>, view: View) -> std::io::Result<()> {
-        std::fs::write(path, self.folded(view))
+        let weight = if view.unit() == "bytes" { "bytes" } else { "count" };
+        let mut text = format!("# heapprobe: weight={weight} view={}\n", view.name());
+        text.push_str(&self.folded(view));
+        std::fs::write(path, text)
     }
 
     /// The live tracked blocks as JSON: one object per block with its

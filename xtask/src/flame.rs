@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::Context as _;
 use inferno::flamegraph;
 
+use crate::trace::Weight;
+
 /// The frame name used where a return address could not be symbolised.
 pub const UNKNOWN: &str = "[unknown]";
 
@@ -119,11 +121,19 @@ impl Folded {
         }
     }
 
-    /// Writes the folded file.
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+    /// Writes the folded file: a header that records what the weights are
+    /// (`# heapprobe: weight=bytes event=alloc`, which inferno skips and
+    /// `cargo heapprobe diff` checks; see `heapprobe::diff`), then the stacks.
+    pub fn write(&self, path: &Path, weight: Weight, event: &str) -> anyhow::Result<()> {
         let mut out = BufWriter::new(
             File::create(path).with_context(|| format!("cannot write the folded stacks to {}", path.display()))?,
         );
+        let weight = match weight {
+            Weight::Bytes => heapprobe::diff::Weight::Bytes,
+            Weight::Count => heapprobe::diff::Weight::Count,
+            Weight::Moved => heapprobe::diff::Weight::Moved,
+        };
+        out.write_all(heapprobe::diff::header(weight, &[("event", event)]).as_bytes())?;
         for line in self.lines() {
             writeln!(out, "{line}")?;
         }

@@ -98,7 +98,7 @@ pub fn run(options: &Options) -> anyhow::Result<trace::Outcome> {
         recording.folded.trim_allocator_frames();
     }
     let folded_path = args.output.with_extension("folded");
-    recording.folded.write(&folded_path)?;
+    recording.folded.write(&folded_path, args.weight, &args.event)?;
     let svg = (recording.folded.total > 0).then_some(args.output.as_path());
     if let Some(svg) = svg {
         let title =
@@ -122,6 +122,8 @@ pub fn run(options: &Options) -> anyhow::Result<trace::Outcome> {
         folded: folded_path,
         events: recording.folded.events,
         total: recording.folded.total,
+        counts: None,
+        diff: None,
     })
 }
 

@@ -12,8 +12,9 @@
 //!
 //! The subcommands are modules of this library, each with an `Options` (a
 //! clap `Args`, `#[non_exhaustive]`, built from its `Default`) and a `run`:
-//! [`trace`], [`fold`], [`probes`], [`doctor`]. [`Command`] gathers them, so
-//! a project's own `cargo xtask` hands them over in a few lines:
+//! [`trace`], [`fold`], [`probes`], [`doctor`], [`diff`]. [`Command`]
+//! gathers them, so a project's own `cargo xtask` hands them over in a few
+//! lines:
 //!
 //! ```no_run
 //! use clap::Parser;
@@ -22,7 +23,7 @@
 //! #[derive(Parser)]
 //! #[command(name = "cargo xtask", bin_name = "cargo xtask")]
 //! enum Xtask {
-//!     /// heapprobe's: trace, fold, probes, doctor.
+//!     /// heapprobe's: trace, fold, probes, doctor, diff.
 //!     #[command(flatten)]
 //!     Heapprobe(heapprobe_cli::Command),
 //!     // ... the project's own tasks
@@ -51,6 +52,7 @@
 //! command line, so the project's files are left as they are.
 #![deny(missing_docs)]
 
+pub mod diff;
 pub mod doctor;
 pub mod flame;
 pub mod fold;
@@ -76,6 +78,9 @@ pub enum Command {
     /// Check that this machine can trace, and that a binary (a target,
     /// PATH or --pid) is traceable; prints the exact fix for each problem.
     Doctor(Box<doctor::Options>),
+    /// Compare two allocation profiles (folded files or snapshots): the
+    /// stacks that grew and shrank, and a differential flame graph.
+    Diff(Box<diff::Options>),
 }
 
 impl Command {
@@ -86,6 +91,7 @@ impl Command {
             Command::Fold(options) => fold::run(options).map(drop),
             Command::Probes(options) => probes::run(options),
             Command::Doctor(options) => doctor::run(options),
+            Command::Diff(options) => diff::run(options).map(drop),
         }
     }
 }

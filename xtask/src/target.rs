@@ -105,6 +105,16 @@ pub struct Build {
     /// profile plus debuginfo and frame pointers, in `target/heapprobe/`).
     #[arg(long)]
     pub release: bool,
+    /// The directory cargo runs in, where its configuration is found (and,
+    /// without `manifest_path`, the workspace). `None`: the current one.
+    /// Set by `trace --baseline` for the revision's worktree.
+    #[arg(skip)]
+    pub(crate) dir: Option<PathBuf>,
+    /// The target directory to build in (cargo's `--target-dir`). `None`:
+    /// the workspace's. Set by `trace --baseline`, which builds the revision
+    /// apart.
+    #[arg(skip)]
+    pub(crate) target_dir: Option<PathBuf>,
 }
 
 impl Build {
@@ -136,6 +146,10 @@ impl Build {
         if let Some(manifest) = &self.manifest_path {
             args.push("--manifest-path".into());
             args.push(manifest.into());
+        }
+        if let Some(dir) = &self.target_dir {
+            args.push("--target-dir".into());
+            args.push(dir.into());
         }
         for features in &self.features {
             args.push("--features".into());
@@ -272,7 +286,16 @@ impl Workspace {
     /// Reads the workspace around the current directory, or the one
     /// `manifest_path` belongs to.
     pub fn load(manifest_path: Option<&Path>) -> anyhow::Result<Self> {
-        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        Self::load_in(manifest_path, None)
+    }
+
+    /// [`load`](Self::load), as from the directory `dir` (`None`: the
+    /// current one).
+    pub fn load_in(manifest_path: Option<&Path>, dir: Option<&Path>) -> anyhow::Result<Self> {
+        let cwd = match dir {
+            Some(dir) => dir.to_path_buf(),
+            None => std::env::current_dir().context("cannot read the current directory")?,
+        };
         let nearest = match manifest_path {
             Some(path) => {
                 if !path.is_file() {
@@ -312,6 +335,11 @@ impl Workspace {
             .find(|p| p.manifest_path.as_std_path() == manifest)
             .map(|p| p.name.to_string());
         Ok(Self { metadata, users, current })
+    }
+
+    /// The workspace's root directory.
+    pub fn root(&self) -> &Path {
+        self.metadata.workspace_root.as_std_path()
     }
 
     /// The workspace's root manifest, for messages.
@@ -416,7 +444,7 @@ fn heapprobe_users(metadata: &Metadata) -> BTreeSet<String> {
 
 /// Builds the chosen target with the traced profile and finds its executable.
 pub fn build(target: &Target, options: &Build, verbose: bool) -> anyhow::Result<Built> {
-    let workspace = Workspace::load(options.manifest_path.as_deref())?;
+    let workspace = Workspace::load_in(options.manifest_path.as_deref(), options.dir.as_deref())?;
     let candidates = workspace.candidates(options.package.as_deref())?;
 
     let (kind, name, cargo_flags, label): (TargetKind, Option<&str>, Vec<&str>, String) =
@@ -620,6 +648,9 @@ fn cargo_build(
 ) -> anyhow::Result<Vec<(PathBuf, PackageId)>> {
     let mut cmd = Command::new(cargo());
     cmd.args(flags);
+    if let Some(dir) = &options.dir {
+        cmd.current_dir(dir);
+    }
     for package in packages {
         cmd.args(["--package", package.name.as_str()]);
     }

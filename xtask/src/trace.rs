@@ -1,13 +1,14 @@
 //! `cargo heapprobe trace`: from a test, a binary or a live PID to a
 //! byte-weighted `flamegraph.svg`.
 
+mod baseline;
 mod bpftrace;
 pub mod perf;
 pub mod perf_data;
 mod symbols;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -82,6 +83,17 @@ pub struct Options {
     /// Echo the commands run. Default: `false`.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Also trace the same target at this git revision (checked out in a
+    /// temporary worktree of the workspace's repository, built in
+    /// `heapprobe-baseline/` of its target directory), then write their
+    /// differential flame graph to --output, the two traces next to it
+    /// (`NAME.before.*`, `NAME.after.*`) and the diff summary. Default: none.
+    #[arg(long, value_name = "REF", conflicts_with = "pid")]
+    pub baseline: Option<String>,
+    /// With perf: also fold the recording by count, into `NAME.count.folded`
+    /// (`--baseline` does, for the diff's count deltas).
+    #[arg(skip)]
+    pub(crate) count_folded: bool,
 }
 
 impl Default for Options {
@@ -101,6 +113,8 @@ impl Default for Options {
             max_lost: DEFAULT_MAX_LOST,
             graph: Graph::default(),
             verbose: false,
+            baseline: None,
+            count_folded: false,
         }
     }
 }
@@ -117,6 +131,13 @@ pub struct Outcome {
     pub events: u64,
     /// Their summed weight (bytes, calls or bytes copied).
     pub total: u64,
+    /// The count-weighted folded stacks of the same recording
+    /// (`NAME.count.folded`), when written (`--baseline` with perf, for the
+    /// diff's count deltas). `None` otherwise.
+    pub counts: Option<PathBuf>,
+    /// With `--baseline`: the differential flame graph (the rest of the
+    /// outcome is the working tree's trace). `None` otherwise.
+    pub diff: Option<PathBuf>,
 }
 
 /// `--max-lost`'s default, in percent of the events recorded.
@@ -375,6 +396,10 @@ impl std::fmt::Display for Ended {
 /// The pid of the recording tool, for forwarding Ctrl-C (0 = none).
 pub static RECORDER_PID: AtomicU32 = AtomicU32::new(0);
 
+/// Set when Ctrl-C was pressed (a recording ends early, and `--baseline`
+/// stops after it).
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 /// The pid of a program we run ourselves (not through the recorder) while it
 /// runs, for forwarding Ctrl-C to it instead: the recorder ends with it.
 pub static TARGET_PID: AtomicU32 = AtomicU32::new(0);
@@ -384,6 +409,9 @@ pub static TARGET_PID: AtomicU32 = AtomicU32::new(0);
 /// writing what was recorded) when the traced program failed, or when more
 /// events were lost than `--max-lost` allows.
 pub fn run(options: &Options) -> anyhow::Result<Outcome> {
+    if let Some(reference) = &options.baseline {
+        return baseline::run(options, reference);
+    }
     let args = options;
     check_event(&args.event, args.weight, args.id)?;
     if !(0.0..=100.0).contains(&args.max_lost) {
@@ -467,9 +495,18 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
         }
     };
     let elapsed = started.elapsed();
+    let mut counts = None;
     if let Some(work) = work {
+        let data = work.join("perf.data");
+        if args.count_folded {
+            let folded = write_count_folded(args, &data);
+            if folded.is_err() && !args.keep {
+                let _ = std::fs::remove_dir_all(&work);
+            }
+            counts = Some(folded?);
+        }
         if args.keep {
-            eprintln!("kept the raw recording: {}", work.join("perf.data").display());
+            eprintln!("kept the raw recording: {}", data.display());
         } else {
             let _ = std::fs::remove_dir_all(&work);
         }
@@ -479,7 +516,7 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
     }
 
     let folded_path = args.output.with_extension("folded");
-    recording.folded.write(&folded_path)?;
+    recording.folded.write(&folded_path, args.weight, &args.event)?;
     let weight = args.weight;
     let totals = summary_line(&recording.folded, weight);
     let title = format!("heapprobe: {label}, heapprobe:{} by {}", args.event, weight.count_name());
@@ -488,6 +525,8 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
         folded: folded_path.clone(),
         events: recording.folded.events,
         total: recording.folded.total,
+        counts,
+        diff: None,
     };
     if recording.folded.total == 0 {
         print_summary(&recording, weight, &args.event, args.pid, &folded_path, None, elapsed);
@@ -511,6 +550,20 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
         ),
         _ => recording.recorded.check(args.max_lost, weight).map(|()| outcome),
     }
+}
+
+/// Folds perf's recording `data` a second time, by count (the same
+/// stacks, trimmed the same way), into `NAME.count.folded` next to the
+/// output; returns its path.
+fn write_count_folded(args: &Options, data: &Path) -> anyhow::Result<PathBuf> {
+    let mut decoded = perf_data::fold(data, Some(&args.event), Weight::Count, args.id)?;
+    if !args.graph.keep_allocator_frames {
+        decoded.folded.trim_allocator_frames();
+    }
+    let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let path = args.output.with_file_name(format!("{stem}.count.folded"));
+    decoded.folded.write(&path, Weight::Count, &args.event)?;
+    Ok(path)
 }
 
 /// Fails when a semaphore of `event`'s sites sits in a file page that an
@@ -610,7 +663,11 @@ pub fn describe_holders(holders: &[heapprobe_sdt::Holder], group: &str) -> Strin
 
 /// The prefixes of the scratch entries a run makes next to its output, each
 /// followed by the run's pid.
-const SCRATCH: [&str; 2] = [".heapprobe-trace-", ".heapprobe-write-test-"];
+const SCRATCH: [&str; 2] = [WORK_PREFIX, ".heapprobe-write-test-"];
+
+/// The scratch directory of a run's raw recording, next to its output (then
+/// the run's pid).
+const WORK_PREFIX: &str = ".heapprobe-trace-";
 
 /// Removes the scratch entries in `dir` whose run is gone; returns their names.
 fn sweep_scratch(dir: &Path) -> Vec<String> {
@@ -741,7 +798,7 @@ pub fn check_event(event: &str, weight: Weight, id: Option<u64>) -> anyhow::Resu
 }
 
 /// The directory `output` goes to.
-fn output_dir(output: &Path) -> &Path {
+pub(crate) fn output_dir(output: &Path) -> &Path {
     output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
@@ -781,7 +838,7 @@ pub fn check_output_writable(output: &Path) -> anyhow::Result<()> {
 
 /// A scratch directory for the raw recording, next to the output.
 fn work_dir(output: &Path) -> anyhow::Result<PathBuf> {
-    let work = output_dir(output).join(format!(".heapprobe-trace-{}", std::process::id()));
+    let work = output_dir(output).join(format!("{WORK_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     // Absolute: the recorder may run the program in another directory.
     work.canonicalize().with_context(|| format!("cannot resolve {}", work.display()))
@@ -791,8 +848,15 @@ fn work_dir(output: &Path) -> anyhow::Result<PathBuf> {
 /// terminal, or forwarded here when only we were signalled), finishes, and
 /// we fold what it recorded and remove the probes.
 fn install_ctrlc_forwarding() -> anyhow::Result<()> {
+    // Once per process: a second handler is an error, and `--baseline`
+    // (or a task of the user's) traces more than once.
+    static INSTALLED: AtomicBool = AtomicBool::new(false);
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
     // ctrlc runs this on a thread of its own, not in the signal handler.
     ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
         let target = TARGET_PID.load(Ordering::SeqCst);
         if target != 0 {
             // A program of ours ends, and the recorder with it.

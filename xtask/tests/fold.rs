@@ -58,7 +58,15 @@ fn folded_with_stdout(capture: &str, event: &str, weight: &str, frame: &str) -> 
     assert!(image.contains(frame), "the SVG shows {frame}");
     let text = std::fs::read_to_string(svg.with_extension("folded")).unwrap();
     let _ = std::fs::remove_dir_all(dir);
+    let text = without_header(&text, weight, event);
     (text, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The folded text after its header line, which records the weight and the
+/// event (`cargo heapprobe diff` checks it); panics without it.
+fn without_header(text: &str, weight: &str, event: &str) -> String {
+    let header = format!("# heapprobe: weight={weight} event={event}\n");
+    text.strip_prefix(&header).unwrap_or_else(|| panic!("the folded file starts with {header:?}:\n{text}")).to_owned()
 }
 
 fn total(folded: &str) -> u64 {
@@ -146,7 +154,7 @@ fn the_allocator_s_frames_are_trimmed_by_default() {
     let args = [capture.to_str().unwrap(), "--event", "alloc_locked", "-o", svg.to_str().unwrap()];
     let out = fold(&args);
     assert!(out.status.success());
-    let text = std::fs::read_to_string(svg.with_extension("folded")).unwrap();
+    let text = without_header(&std::fs::read_to_string(svg.with_extension("folded")).unwrap(), "bytes", "alloc_locked");
     assert_eq!(total(&text), 7770);
     for line in text.lines() {
         let (stack, _) = line.rsplit_once(' ').unwrap();

@@ -94,10 +94,13 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// Folded file → stack → weight.
+/// Folded file → stack → weight. Its first line is the header that records
+/// the weight (`# heapprobe: weight=…`).
 fn folded(path: &Path) -> HashMap<String, u64> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.starts_with("# heapprobe: weight="), "{}: no header", path.display());
     text.lines()
+        .skip(1)
         .map(|line| {
             let (stack, weight) = line.rsplit_once(' ').expect("`stack weight`");
             (stack.to_owned(), weight.parse().expect("numeric weight"))
@@ -172,6 +175,54 @@ fn the_projects_own_xtask_traces_the_same() {
     let out = cargo_in(&project("inventory"), &["xtask", "trace", "--test", "it_works", "-o", svg.to_str().unwrap()]);
     assert!(out.status.success());
     assert_inventory_graph(&svg, "cargo xtask trace");
+    assert_no_heapprobe_uprobes();
+}
+
+/// `cargo heapprobe diff`, and the project's own `cargo xtask diff`, on a
+/// real trace of the project and a copy of it with one stack more and one
+/// grown: both see exactly that, and write the same differential graph.
+#[test]
+fn diff_in_a_users_project_with_both_commands() {
+    let Some(_kernel) = available("diff_in_a_users_project_with_both_commands") else { return };
+    let dir = project("inventory");
+    let tmp = TempDir::new("projects-diff");
+    let before = tmp.path().join("before.svg");
+    let out = cargo_in(&dir, &["heapprobe", "trace", "--test", "it_works", "-o", before.to_str().unwrap()]);
+    assert!(out.status.success());
+    let before = before.with_extension("folded");
+    // After: a stack through build_inventory 4096 bytes heavier, and a new one.
+    let text = std::fs::read_to_string(&before).unwrap();
+    let mut grown = false;
+    let mut after: Vec<String> = text
+        .lines()
+        .map(|line| match line.rsplit_once(' ') {
+            Some((stack, weight)) if !grown && stack.contains(";inventory::build_inventory") => {
+                grown = true;
+                format!("{stack} {}", weight.parse::<u64>().unwrap() + 4096)
+            }
+            _ => line.to_owned(),
+        })
+        .collect();
+    assert!(grown, "a stack goes through build_inventory:\n{text}");
+    after.push(String::from("main;inventory::new_cache 512"));
+    let after_path = tmp.path().join("after.folded");
+    std::fs::write(&after_path, after.join("\n") + "\n").unwrap();
+    let mut graphs = Vec::new();
+    for command in [&["heapprobe", "diff"][..], &["xtask", "diff"]] {
+        let svg = tmp.path().join(format!("{}.diff.svg", command[0]));
+        let args = [command, &[before.to_str().unwrap(), after_path.to_str().unwrap(), "-o", svg.to_str().unwrap()]];
+        let out = cargo_in(&dir, &args.concat());
+        assert!(out.status.success(), "cargo {command:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("  change: +4608 B ("), "{stdout}");
+        assert!(stdout.contains("  stacks: 2 grew, 0 shrank, "), "{stdout}");
+        assert!(stdout.contains("\n  +4096 B  inventory::build_inventory <- "), "{stdout}");
+        assert!(stdout.contains("\n   +512 B  inventory::new_cache <- main  (new)\n"), "{stdout}");
+        graphs.push(std::fs::read_to_string(&svg).unwrap());
+    }
+    let strip_title =
+        |svg: &str| svg.lines().filter(|l| !l.contains("heapprobe diff: ")).collect::<Vec<_>>().join("\n");
+    assert_eq!(strip_title(&graphs[0]), strip_title(&graphs[1]), "the same graph from both commands");
     assert_no_heapprobe_uprobes();
 }
 

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-const SUBCOMMANDS: [&str; 4] = ["trace", "fold", "probes", "doctor"];
+const SUBCOMMANDS: [&str; 5] = ["trace", "fold", "probes", "doctor", "diff"];
 
 /// The flags `--help` of `args` lists (`--name`), `--help` left out.
 fn flags(exe: &str, args: &[&str]) -> Vec<String> {

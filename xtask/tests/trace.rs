@@ -33,10 +33,13 @@ fn run(args: &[&str]) -> Output {
     out
 }
 
-/// Folded file → (frame-containing predicate) → summed weight.
+/// Folded file → (frame-containing predicate) → summed weight. Its first
+/// line is the header that records the weight (`# heapprobe: weight=…`).
 fn folded(path: &Path) -> HashMap<String, u64> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.starts_with("# heapprobe: weight="), "{}: no header", path.display());
     text.lines()
+        .skip(1)
         .map(|line| {
             let (stack, weight) = line.rsplit_once(' ').expect("`stack weight`");
             (stack.to_owned(), weight.parse().expect("numeric weight"))

@@ -152,7 +152,7 @@ fn time_folding(perf: &str, scratch: &Path, events: u64, verbose: bool) -> anyho
     }
     let started = Instant::now();
     let svg = scratch.join("fold-bench.svg");
-    folded.write(&svg.with_extension("folded"))?;
+    folded.write(&svg.with_extension("folded"), Weight::Bytes, "alloc")?;
     folded.render(&svg, "heapprobe bench", "fold and render", "bytes", &Graph::default())?;
     let render = started.elapsed();
 

@@ -13,12 +13,14 @@ use crate::project_root;
 use heapprobe_cli::util::{display, exec, has_tool, is_root};
 
 /// The system packages the tracing tests need, by the program they provide.
-const TOOLS: [(&str, &str); 5] = [
+const TOOLS: [(&str, &str); 6] = [
     ("perf", "linux-perf"),
     ("bpftrace", "bpftrace"),
     ("ld.bfd", "binutils"),
     ("rustfilt", "rustfilt"),
     ("debootstrap", "debootstrap"),
+    // xtask/tests/baseline.rs: a throwaway repository for trace --baseline.
+    ("git", "git"),
 ];
 
 /// Options of `cargo xtask test`.
@@ -91,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes sure perf, bpftrace, GNU ld, rustfilt, libc's symbols, tracefs
+/// Makes sure perf, bpftrace, GNU ld, rustfilt, git, libc's symbols, tracefs
 /// and (to unpack a current bpftrace) debootstrap are there, installing the
 /// packages with apt-get when we are root on a Debian-like system.
 fn prepare_tracing(no_install: bool, current_bpftrace: bool) -> anyhow::Result<()> {

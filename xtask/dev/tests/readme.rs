@@ -11,7 +11,7 @@ fn cargo_xtask_has_heapprobe_s_subcommands_and_the_repository_s() {
     let top = String::from_utf8_lossy(&top.stdout);
     let listed = top.lines().skip_while(|l| !l.starts_with("Commands:")).skip(1).take_while(|l| !l.is_empty());
     let names: Vec<&str> = listed.map(|l| l.split_whitespace().next().unwrap_or_default()).collect();
-    assert_eq!(names, ["trace", "fold", "probes", "doctor", "bench", "test", "help"]);
+    assert_eq!(names, ["trace", "fold", "probes", "doctor", "diff", "bench", "test", "help"]);
     let mut missing = Vec::new();
     for sub in ["bench", "test"] {
         if !readme.contains(&format!("### `cargo xtask {sub}`")) {
