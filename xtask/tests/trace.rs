@@ -875,6 +875,41 @@ fn alloc_failed_is_recorded_exactly() {
     assert_no_heapprobe_uprobes();
 }
 
+/// SIGTERM (`kill PID`, `timeout`) and SIGHUP (a closed terminal) end a
+/// trace as Ctrl-C does: the recording is folded, exactly, and the probes
+/// are removed. (Before, either signal killed the xtask outright and left
+/// its uprobes registered until the next trace swept them.)
+#[test]
+fn sigterm_and_sighup_end_a_trace_like_ctrl_c_and_remove_the_probes() {
+    let test = "sigterm_and_sighup_end_a_trace_like_ctrl_c_and_remove_the_probes";
+    let Some(_kernel) = available(test) else { return };
+    let tmp = TempDir::new("xtask-trace-sigterm");
+    for backend in backends(test) {
+        for signal in [libc::SIGTERM, libc::SIGHUP] {
+            let mut service = ReleaseService::start();
+            let svg = tmp.path().join(format!("{backend}-{signal}.svg"));
+            let pid = service.pid().to_string();
+            let mut trace =
+                Tracing::start(&["trace", "--pid", &pid, "--backend", backend, "-o", svg.to_str().unwrap()]);
+            trace.wait_for("attached: recording");
+            let report = service.phase("mixed 10");
+            let xtask = format!("{}{}_", heapprobe_sdt::GROUP_PREFIX, trace.pid());
+            trace.signal(signal);
+            let (status, _, stderr) = trace.finish();
+            assert!(status.success(), "{backend}, signal {signal}: {stderr}");
+            assert_eq!(
+                folded(&svg.with_extension("folded")).values().sum::<u64>(),
+                report["alloc_bytes"],
+                "{backend}, signal {signal}"
+            );
+            let events = std::fs::read_to_string(heapprobe_sdt::tracefs().unwrap().join("uprobe_events")).unwrap();
+            assert!(!events.contains(&xtask), "{backend}, signal {signal}: the group is left: {events}");
+            assert_eq!(state(service.pid()), Some('S'), "{backend}: the service runs on");
+        }
+    }
+    assert_no_heapprobe_uprobes();
+}
+
 /// SIGKILL of the xtask while it records a process attached by --pid: the
 /// recorder dies with it, the process keeps running (never stopped), and
 /// the next trace succeeds, sweeping the group and the scratch folder the
