@@ -10,10 +10,10 @@
 //!   `/debug/heap/live?limit=1000` (its 1000 largest blocks). With
 //!   `--whole-live-map`, the whole live map (the route's default limit) is
 //!   also requested once, in the warm-up, and measured the same way (about
-//!   a minute and a half of the server's CPU on a 2-core VM).
+//!   a minute of the server's CPU on a 2-core VM).
 //!
 //! ```text
-//! cargo bench --bench endpoint --features server            # 8 rounds, about 5 minutes
+//! cargo bench --bench endpoint --features server            # 8 rounds: 3 to 5 minutes
 //! cargo bench --bench endpoint --features server -- 20      # 20 rounds
 //! cargo bench --bench endpoint --features server -- --whole-live-map   # and the whole live map, once
 //! ```
