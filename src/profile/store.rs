@@ -406,7 +406,9 @@ impl Store {
     pub(crate) fn insert_live(&mut self, ptr: usize, site: u32, size: u64, exposure: u64, counted: u64, born: u64) {
         let w = weight(exposure, self.rate);
         let (objects, bytes) = (w, counted as f64 * w);
-        if ptr == 0 || self.live_used + 1 > (self.live_mask + 1) / 3 * 2 {
+        // At most `cap.live` blocks, as `Options::max_live` says: the table has
+        // at least 1.5 times as many slots, so it is never fuller than 2/3.
+        if ptr == 0 || self.live_used + 1 > self.cap.live {
             self.drops.live += 1;
             self.untracked_bytes += bytes;
             return;
