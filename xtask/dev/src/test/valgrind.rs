@@ -50,6 +50,9 @@ fn valgrind_args(root: &Path, log: &Path) -> Vec<String> {
         String::from("--tool=memcheck"),
         String::from("--error-exitcode=1"),
         String::from("--leak-check=full"),
+        // tests/threads.rs keeps 1000 threads alive at once; valgrind's
+        // default limit is 500, and beyond it valgrind aborts.
+        String::from("--max-threads=2000"),
         String::from("--show-leak-kinds=definite,indirect,possible"),
         String::from("--errors-for-leak-kinds=definite,indirect"),
         format!("--suppressions={}", root.join("tests/valgrind.supp").display()),
