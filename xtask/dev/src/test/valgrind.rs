@@ -53,6 +53,10 @@ fn valgrind_args(root: &Path, log: &Path) -> Vec<String> {
         // tests/threads.rs keeps 1000 threads alive at once; valgrind's
         // default limit is 500, and beyond it valgrind aborts.
         String::from("--max-threads=2000"),
+        // Deep enough to reach the test function through the wrapper's lean
+        // and slow paths and std's layers: the suppressions match on it
+        // (the default 12 frames stopped short, so they stopped matching).
+        String::from("--num-callers=40"),
         String::from("--show-leak-kinds=definite,indirect,possible"),
         String::from("--errors-for-leak-kinds=definite,indirect"),
         format!("--suppressions={}", root.join("tests/valgrind.supp").display()),
@@ -196,7 +200,10 @@ pub fn run(install: bool) -> anyhow::Result<()> {
     for name in CHECKED {
         let exe = exe_of(name)?;
         let clock = Instant::now();
-        let (code, summary, log) = memcheck(&root, name, exe, &[])?;
+        // One test at a time: valgrind runs one thread at a time anyway, and
+        // a test that profiles at rate 1 beside alloc_assertions' noise test
+        // starved its noise threads past their 120 s deadline.
+        let (code, summary, log) = memcheck(&root, name, exe, &["--test-threads=1"])?;
         let verdict =
             if code == Some(0) && summary.errors == 0 && summary.definitely == (0, 0) && summary.indirectly == (0, 0) {
                 "ok"
