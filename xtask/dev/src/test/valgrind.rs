@@ -57,6 +57,11 @@ fn valgrind_args(root: &Path, log: &Path) -> Vec<String> {
         // and slow paths and std's layers: the suppressions match on it
         // (the default 12 frames stopped short, so they stopped matching).
         String::from("--num-callers=40"),
+        // valgrind runs one thread at a time; its default lock is unfair,
+        // and a thread that loops on allocations starved alloc_assertions'
+        // noise threads past their 120 s deadline (92 s of that test alone
+        // here, more in CI; 24 s with fair scheduling).
+        String::from("--fair-sched=yes"),
         String::from("--show-leak-kinds=definite,indirect,possible"),
         String::from("--errors-for-leak-kinds=definite,indirect"),
         format!("--suppressions={}", root.join("tests/valgrind.supp").display()),
@@ -200,9 +205,7 @@ pub fn run(install: bool) -> anyhow::Result<()> {
     for name in CHECKED {
         let exe = exe_of(name)?;
         let clock = Instant::now();
-        // One test at a time: valgrind runs one thread at a time anyway, and
-        // a test that profiles at rate 1 beside alloc_assertions' noise test
-        // starved its noise threads past their 120 s deadline.
+        // One test at a time: valgrind runs one thread at a time anyway.
         let (code, summary, log) = memcheck(&root, name, exe, &["--test-threads=1"])?;
         let verdict =
             if code == Some(0) && summary.errors == 0 && summary.definitely == (0, 0) && summary.indirectly == (0, 0) {
