@@ -843,8 +843,9 @@ impl fmt::Display for Diff {
 
 /// The crate a demangled frame belongs to: the first path segment, or for
 /// `<Type as Trait>::method` the type's crate when it has a path, else the
-/// trait's.
-pub(crate) fn crate_of(frame: &str) -> Option<&str> {
+/// trait's (`<[T] as alloc::slice::hack::ConvertVec>`). heapprobe-cli
+/// trims the allocator's frames with it too.
+pub fn crate_of(frame: &str) -> Option<&str> {
     fn first_segment(path: &str) -> Option<&str> {
         let end = path.find("::")?;
         let segment = &path[..end];

@@ -293,33 +293,9 @@ fn is_std_frame(frame: &str) -> bool {
     matches!(crate_of(frame), Some("alloc" | "core" | "std" | "hashbrown"))
 }
 
-/// The crate a demangled frame belongs to: the first path segment, or for
-/// `<Type as Trait>::method`, the type's crate when it has a path (an impl
-/// for a type of that crate), else the trait's (`<[T] as
-/// alloc::slice::hack::ConvertVec>`).
-pub fn crate_of(frame: &str) -> Option<&str> {
-    fn first_segment(path: &str) -> Option<&str> {
-        let end = path.find("::")?;
-        let segment = &path[..end];
-        (!segment.is_empty() && segment.chars().all(|c| c.is_alphanumeric() || c == '_')).then_some(segment)
-    }
-    let Some(qualified) = frame.strip_prefix('<') else { return first_segment(frame) };
-    // `<Type as Trait>::…` or `<Type>::…`: split at the top-level ` as `.
-    let mut depth = 0usize;
-    let bytes = qualified.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'<' | b'[' | b'(' => depth += 1,
-            b'>' | b']' | b')' if depth == 0 => return first_segment(&qualified[..i]),
-            b'>' | b']' | b')' => depth -= 1,
-            b' ' if depth == 0 && qualified[i..].starts_with(" as ") => {
-                return first_segment(&qualified[..i]).or_else(|| first_segment(&qualified[i + 4..]));
-            }
-            _ => {}
-        }
-    }
-    None
-}
+/// The crate a demangled frame belongs to (heapprobe's own rule, which
+/// `diff` trims by as well).
+pub use heapprobe::diff::crate_of;
 
 /// Where a folded stack allocated: its innermost frame that is not allocator
 /// machinery (`heapprobe::`, `__rust_alloc`, `alloc::`...), then up to two
