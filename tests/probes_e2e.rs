@@ -158,7 +158,11 @@ fn trace_with_bpftrace(exe: &Path) -> (Counts, String) {
     (parse_bpftrace_maps(&stdout), stderr)
 }
 
-fn trace_with_perf(exe: &Path) -> (Counts, String) {
+/// What perf recorded: the aggregates, the fixture's stderr, and a
+/// diagnosis for a failure: every `local_*` event that perf recorded more
+/// than once. Those can never repeat (the fixture's arena hands out each
+/// address once), so a repeat is a duplicated sample, not the workload.
+fn trace_with_perf(exe: &Path) -> (Counts, String, String) {
     let binary = Binary::open(exe).expect("read fixture ELF");
     let mut group = UprobeGroup::new("e2e").expect("uprobe group");
     let registered =
@@ -176,16 +180,20 @@ fn trace_with_perf(exe: &Path) -> (Counts, String) {
         .expect("failed to run perf record");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "perf record exited with {}: {stderr}", out.status);
-    let script =
-        Command::new("perf").args(["script", "-F", "event,trace", "-i"]).arg(&data).output().expect("perf script");
+    let script = Command::new("perf")
+        .args(["script", "-F", "tid,cpu,time,event,trace", "-i"])
+        .arg(&data)
+        .output()
+        .expect("perf script");
     assert!(script.status.success(), "perf script failed: {}", String::from_utf8_lossy(&script.stderr));
     drop(group);
     let mut counts = Counts::new();
-    for line in String::from_utf8_lossy(&script.stdout).lines() {
-        // `GROUP:alloc__3: (55d0c0a1b13c) ptr=94… size=4096 align=64`
-        let Some((event, rest)) = line.trim().split_once(": ") else {
-            continue;
-        };
+    let mut local: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let stdout = String::from_utf8_lossy(&script.stdout);
+    for line in stdout.lines() {
+        // `  4242 [001] 23709.525031:  GROUP:alloc__3: (55d0c0a1b13c) ptr=94… size=4096 align=64`
+        let event = line.split_once(": ").map(|(_, rest)| rest.trim()).and_then(|rest| rest.split_once(": "));
+        let Some((event, rest)) = event else { panic!("perf script line not understood: {line:?}") };
         let name = event.rsplit_once(':').map_or(event, |(_, e)| e);
         let probe = name.rsplit_once("__").map_or(name, |(p, _)| p);
         let args: Vec<u64> = rest
@@ -193,14 +201,24 @@ fn trace_with_perf(exe: &Path) -> (Counts, String) {
             .filter_map(|kv| kv.split_once('='))
             .map(|(_, v)| v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")))
             .collect();
+        if probe.starts_with("local_") {
+            local.entry(rest).or_default().push(line);
+        }
         add_event(&mut counts, probe, &args);
     }
-    (counts, stderr)
+    let repeated: Vec<String> =
+        local.values().filter(|lines| lines.len() > 1).flatten().map(|l| l.to_string()).collect();
+    let diagnosis = if repeated.is_empty() {
+        String::from("no local event was recorded twice")
+    } else {
+        format!("local events recorded more than once (duplicated samples):\n{}", repeated.join("\n"))
+    };
+    (counts, stderr, diagnosis)
 }
 
-fn assert_known_pattern(tool: &str, linker: Linker, counts: &Counts, fixture_stderr: &str) {
+fn assert_known_pattern(tool: &str, linker: Linker, counts: &Counts, fixture_stderr: &str, diagnosis: &str) {
     let get = |k: &str| counts.get(k).copied().unwrap_or(0);
-    let ctx = format!("{tool}, {linker:?} linker: {counts:#?}");
+    let ctx = format!("{tool}, {linker:?} linker: {counts:#?}\n{diagnosis}");
     // known_pattern: 1000 x 4096 bytes, align 64.
     assert_eq!((get("alloc_n[64]"), get("alloc_b[64]")), (1000, 4_096_000), "{ctx}");
     assert_eq!((get("dealloc_n[64]"), get("dealloc_b[64]")), (1000, 4_096_000), "{ctx}");
@@ -295,10 +313,10 @@ fn run_for(linker: Linker, backend: Backend) {
         Backend::Probe => trace_with_bpftrace(&exe),
         Backend::Usdt => trace_with_bpftrace_by_pid(&exe),
     };
-    assert_known_pattern("bpftrace", linker, &counts, &stderr);
+    assert_known_pattern("bpftrace", linker, &counts, &stderr, "");
 
-    let (counts, stderr) = trace_with_perf(&exe);
-    assert_known_pattern("perf", linker, &counts, &stderr);
+    let (counts, stderr, diagnosis) = trace_with_perf(&exe);
+    assert_known_pattern("perf", linker, &counts, &stderr, &diagnosis);
     support::assert_no_heapprobe_uprobes();
 }
 

@@ -43,6 +43,8 @@ const KNOWN_PATTERN_BYTES: u64 = 1000 * 4096;
 const LEAK_BYTES: u64 = 100 * 1000;
 const BIG_BYTES: u64 = 2 << 20;
 const ALLOCS: u64 = 1000 + 100 + 10 + 1 + 100;
+/// The allocations before the fixture's pause: `known_pattern`, `known_reallocs`.
+const FIRST_PART_ALLOCS: u64 = 1000 + 100;
 const FREES: u64 = 1000 + 100 + 10 + 1;
 const REALLOCS: u64 = 200 + 5;
 const ALLOC_BYTES: u64 = KNOWN_PATTERN_BYTES + 100 * 100 + 10 * 777 + BIG_BYTES + LEAK_BYTES;
@@ -65,10 +67,19 @@ type Report = BTreeMap<String, u64>;
 
 impl Fixture {
     fn start(exe: &Path, worker: bool) -> Self {
+        Self::start_with(exe, worker, false)
+    }
+
+    /// With `step`, the fixture holds after its first part (`known_pattern`
+    /// and `known_reallocs`) until [`Fixture::release`] is called again.
+    fn start_with(exe: &Path, worker: bool, step: bool) -> Self {
         let mut cmd = Command::new(exe);
         cmd.arg("--scripts");
         if worker {
             cmd.arg("--worker");
+        }
+        if step {
+            cmd.arg("--step");
         }
         let mut child = cmd.stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("failed to start the fixture");
         let stdin = child.stdin.take();
@@ -253,18 +264,38 @@ enum End {
 
 /// Runs `scripts/heapprobe-bt SCRIPT PID ARGS` against a fresh fixture.
 fn run_script(exe: &Path, script: &str, args: &[&str], end: End) -> (Traced, Report) {
-    let mut fixture = Fixture::start(exe, false);
+    let rate = script == "rate.bt";
+    let mut fixture = Fixture::start_with(exe, false, rate);
     let pid = fixture.pid().to_string();
     let mut cmd = Command::new(scripts_dir().join("heapprobe-bt"));
     cmd.arg(script).arg(&pid).args(args);
     let mut tracer = Tracer::start(cmd, &format!("Tracing PID {pid}"));
-    if script == "rate.bt" {
+    if rate {
         // Its interval probe may start ticking after BEGIN has printed (seen
-        // once in CI: no tick in the fixture's whole run); once one tick is
-        // out, the workload's 1.1 s pause holds one for sure.
+        // once in CI: no tick in the fixture's whole run), so the release
+        // waits for a first per-second line.
         tracer.wait_for("rate.bt's first per-second line", is_time_line);
     }
     fixture.release();
+    if rate {
+        // The fixture holds after its first part until its allocations are
+        // all in printed per-second lines, so the second part is in later
+        // ones: two busy seconds, by handshake. (A 1.1 s pause did not do
+        // it once in 20 runs under load: interval:s:1 skipped ticks.)
+        let printed = std::cell::Cell::new(0);
+        tracer.wait_for(
+            &format!("per-second lines adding up to the first part's {FIRST_PART_ALLOCS} allocations"),
+            |l| {
+                if is_time_line(l) {
+                    let allocs: u64 =
+                        l.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{l:?}"));
+                    printed.set(printed.get() + allocs);
+                }
+                printed.get() == FIRST_PART_ALLOCS
+            },
+        );
+        fixture.release();
+    }
     let report = fixture.report();
     let traced = match end {
         End::CtrlC => tracer.interrupt_and_finish(),
@@ -554,7 +585,8 @@ fn rate_lines_add_up_and_it_ends_when_the_pid_exits() {
     ];
     assert_eq!(sum, expected, "{}", out.stdout);
     assert_eq!(total, expected, "{}", out.stdout);
-    // The workload has a 1.1 s pause in the middle: two busy seconds.
+    // The workload held in the middle until its first part was printed: two
+    // busy seconds.
     assert!(seconds.iter().filter(|s| s[0] > 0).count() >= 2, "{}", out.stdout);
     assert!(out.stdout.contains(" exited."), "{}", out.stdout);
 }
