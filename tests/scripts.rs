@@ -895,3 +895,30 @@ fn perf_flamegraph_places_probes_right_in_a_rust_lld_binary_and_removes_them() {
     assert!(heapprobe_sh_uprobes(script).is_empty(), "left behind after TERM: {:?}", heapprobe_sh_uprobes(script));
     fixture.exit();
 }
+
+/// perf-flamegraph.sh stands alone on a production host, so it carries its
+/// own table of each probe's argument names; it must say what
+/// `probes/heapprobe.d` says, for every probe. (No root needed.)
+#[test]
+fn perf_flamegraph_sh_names_each_probes_arguments_as_heapprobe_d_does() {
+    let script = std::fs::read_to_string(scripts_dir().join("perf-flamegraph.sh")).unwrap();
+    let table = script.split_once("case $event in\n").expect("the script's `case $event in` table").1;
+    let table = table.split_once("\nesac").expect("the end of the table").0;
+    let mut named = BTreeMap::new();
+    for line in table.lines() {
+        let (probes, rest) = line.split_once(')').unwrap_or_else(|| panic!("line not understood: {line:?}"));
+        if probes.trim() == "*" {
+            continue;
+        }
+        let names = rest.split_once("names=\"").and_then(|(_, r)| r.split_once('"')).map(|(n, _)| n);
+        let names = names.unwrap_or_else(|| panic!("no names=\"…\" in {line:?}"));
+        for probe in probes.split('|') {
+            named.insert(probe.trim().to_owned(), names.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+        }
+    }
+    let expected: BTreeMap<String, Vec<String>> = heapprobe::probes::PROBES
+        .iter()
+        .map(|(probe, args)| ((*probe).to_owned(), args.iter().map(|a| (*a).to_owned()).collect()))
+        .collect();
+    assert_eq!(named, expected);
+}
