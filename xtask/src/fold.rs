@@ -159,6 +159,7 @@ fn read_perf_data(path: &Path, args: &Options) -> anyhow::Result<(Recording, Vec
         total: None,
         dropped: counts.lost.max(decoded.lost),
         parsed_events: decoded.samples,
+        duplicates: decoded.duplicates,
         parsed_total: None,
         stackless: 0,
         stackless_weight: 0,

@@ -241,6 +241,10 @@ pub struct Recorded {
     pub dropped: u64,
     /// Events parsed from the recorder's output (of every probe in it).
     pub parsed_events: u64,
+    /// Events the recorder wrote twice, recognised as exact copies and left
+    /// out of `parsed_events` (perf 6.1's reader race; see
+    /// [`perf_data::fold`]). Counted in `events`, not lost.
+    pub duplicates: u64,
     /// The weight parsed from the recorder's output, stackless included.
     pub parsed_total: Option<u64>,
     /// Events whose stack the recorder lost (bpftrace: the kernel's stack
@@ -261,7 +265,7 @@ impl Recorded {
     /// Events the recorder kept that its output does not account for (or
     /// accounts for too many of).
     pub fn unparsed(&self) -> u64 {
-        self.events.map_or(0, |e| e.abs_diff(self.parsed_events))
+        self.events.map_or(0, |e| e.abs_diff(self.parsed_events + self.duplicates))
     }
 
     /// Every event lost, one way or another.
@@ -305,6 +309,14 @@ impl Recorded {
                 "recorded: unknown (a text capture without a heapprobe-capture line: fold the perf.data itself, or \
                  a capture written by scripts/perf-flamegraph.sh, to check the totals against perf's own count)",
             )),
+        }
+        if self.duplicates > 0 {
+            lines.push(format!(
+                "note: the recorder wrote {} event(s) twice (perf record reads its ring buffer's head twice and can \
+                 copy a record again); the copies are byte for byte identical, event id and nanosecond included, \
+                 and were left out",
+                self.duplicates
+            ));
         }
         let mut causes = Vec::new();
         if self.dropped > 0 {

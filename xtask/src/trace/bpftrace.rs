@@ -166,6 +166,7 @@ pub fn record(
         total: Some(parsed.total),
         dropped: 0,
         parsed_events: parsed_events + parsed.stackless.count,
+        duplicates: 0,
         parsed_total: Some(parsed_total + parsed.stackless.total),
         stackless: parsed.stackless.count,
         stackless_weight: parsed.stackless.total,

@@ -260,6 +260,7 @@ pub fn fold(
             total: None,
             dropped: counts.lost.max(decoded.lost),
             parsed_events: decoded.samples,
+            duplicates: decoded.duplicates,
             parsed_total: None,
             stackless: 0,
             stackless_weight: 0,
@@ -329,6 +330,8 @@ impl Script {
             // The capture's own PERF_RECORD_LOST lines say the same or less.
             dropped: counts.map_or(0, |c| c.lost).max(self.lost),
             parsed_events: self.events,
+            // A text capture has no timestamps to tell a copy by.
+            duplicates: 0,
             parsed_total: None,
             stackless: 0,
             stackless_weight: 0,
