@@ -212,7 +212,7 @@ mkfifo "$fifos/ctl" "$fifos/ack" || die "mkfifo failed"
 # Ctrl-C stops perf (which writes perf.data) and the sleep; the report
 # below still runs.
 trap ':' INT
-"$perf" record -q --call-graph "$callgraph" -e "$group:${event}__*" -p "$pid" \
+"$perf" record -q -T --call-graph "$callgraph" -e "$group:${event}__*" -p "$pid" \
 	-D -1 --control "fifo:$fifos/ctl,$fifos/ack" -o "$data" -- sleep "$seconds" &
 perf_pid=$!
 exec 8>"$fifos/ctl" 9<"$fifos/ack"
@@ -241,15 +241,28 @@ fi
 # must be an event (perf right-aligns event names, so it may start with
 # spaces), a frame (a tab, then an address), a lost-events line or blank:
 # anything else stops the script, quoting the line.
+#
+# perf record can write a sample twice (it reads its ring buffer's head
+# twice; see heapprobe's DEVELOPERS.md): the copy is identical, thread and
+# nanosecond timestamp included, which two real samples never are. Each
+# sample is kept once, and the copies are counted. The capture for `cargo
+# xtask fold` is written here too, without the copies, in the format of
+# `perf script -F event,trace,ip,sym`.
 folded=$out/$event.folded
-"$perf" script -i "$data" --no-demangle --show-lost-events -F comm,event,trace,ip,sym 2>/dev/null |
-	awk -v w="$weight" -v summary="$out/.summary" '
+capture=$out/$event.txt
+"$perf" script -i "$data" --no-demangle --show-lost-events --ns -F comm,tid,time,event,trace,ip,sym 2>/dev/null |
+	awk -v w="$weight" -v summary="$out/.summary" -v capture="$capture.body" '
 	function flush() {
 		if (!insample) return
+		insample = 0
+		if (time != seen_time) { delete seen; seen_time = time }
+		if (block in seen) { copies++; return }
+		seen[block] = 1
 		s = comm
 		for (i = nf; i >= 1; i--) s = s ";" f[i]
 		stacks[s] += v
-		insample = 0
+		events++; total += v
+		print body "\n" > capture
 	}
 	function bad(why) {
 		printf "perf-flamegraph.sh: line %d of perf script: %s: \"%s\"\n", NR, why, $0 > "/dev/stderr"
@@ -257,35 +270,42 @@ folded=$out/$event.folded
 		exit 1
 	}
 	/^[ \t]*$/ { flush(); next }
-	/^PERF_RECORD_LOST lost [0-9]+$/ { flush(); lost += $NF; next }
+	/^PERF_RECORD_LOST lost [0-9]+$/ { flush(); lost += $NF; print > capture; next }
 	/^[ \t]/ && $1 ~ /^[0-9a-f]+$/ {
 		if (!insample) bad("a stack frame outside any event")
-		nf++; sym = $2; sub(/\+0x[0-9a-f]+$/, "", sym); f[nf] = sym; next
+		nf++; sym = $2; sub(/\+0x[0-9a-f]+$/, "", sym); f[nf] = sym
+		block = block "\n" $0; body = body "\n" $0; next
 	}
 	{
-		# COMM GROUP:EVENT: (ADDRESS) NAME=VALUE ...
+		# COMM TID TIME: GROUP:EVENT: (ADDRESS) NAME=VALUE ...
 		at = 0
 		for (i = 1; i <= NF; i++) if ($i ~ /^[^:]+:[^:]+:$/) { at = i; break }
-		if (at < 2 || $(at + 1) !~ /^\([0-9a-f]+\)$/) bad("not an event, a frame, a lost-events line or blank")
+		if (at < 4 || $(at + 1) !~ /^\([0-9a-f]+\)$/ || $(at - 2) !~ /^[0-9]+$/ || $(at - 1) !~ /^[0-9]+\.[0-9]+:$/)
+			bad("not an event, a frame, a lost-events line or blank")
 		flush()
 		insample = 1; nf = 0; v = 1
 		comm = $1
-		for (i = 2; i < at; i++) comm = comm " " $i
+		for (i = 2; i < at - 2; i++) comm = comm " " $i
+		time = $(at - 1)
+		block = $0
+		# The line from the event on: the fields before it removed one by one.
+		body = $0
+		for (i = 1; i < at; i++) sub(/^[ \t]*[^ \t]+/, "", body)
+		sub(/^[ \t]+/, "", body)
 		if (w != "") {
 			v = -1
 			for (i = at + 2; i <= NF; i++) if (index($i, w "=") == 1) v = substr($i, length(w) + 2) + 0
 			if (v < 0) bad("no " w "= argument")
 		}
-		events++; total += v
 	}
 	END {
 		if (failed) exit 1
 		flush()
 		for (s in stacks) printf "%s %d\n", s, stacks[s]
-		printf "%d %d %d\n", events, total, lost > summary
+		printf "%d %d %d %d\n", events, total, lost, copies > summary
 	}' | demangle | sort >"$folded"
 [ "${PIPESTATUS[1]}" -eq 0 ] || die "could not fold perf script's output (above); the recording is in $data"
-read -r events total lost <"$out/.summary"
+read -r events total lost copies <"$out/.summary"
 rm -f "$out/.summary"
 
 # perf's own count of what perf.data holds, to check the fold against: its
@@ -296,17 +316,21 @@ lost_samples=$(awk '/ stats:$/ { per = 1 } per && $1 == "LOST_SAMPLES" && $2 == 
 [ "$lost_samples" -gt "$lost" ] && lost=$lost_samples
 
 # The capture for `cargo xtask fold` elsewhere (symbols are resolved here),
-# headed by perf's count so that the fold is checked against it too.
-capture=$out/$event.txt
+# headed by perf's count so that the fold is checked against it too (and the
+# number of copies left out of the capture).
 {
-	echo "# heapprobe-capture samples=${samples:-0} lost=$lost"
-	"$perf" script -i "$data" --no-demangle --show-lost-events -F event,trace,ip,sym 2>/dev/null
+	echo "# heapprobe-capture samples=${samples:-0} lost=$lost copies=$copies"
+	cat "$capture.body"
 } >"$capture"
+rm -f "$capture.body"
 
 echo "heapprobe:$event: $events events, $total $unit"
 echo "perf.data holds ${samples:-0} samples; perf lost $lost"
+if [ "$copies" -gt 0 ]; then
+	echo "perf wrote $copies of them twice (identical, nanosecond included): each counted once"
+fi
 status=0
-if [ "${samples:-0}" -ne "$events" ]; then
+if [ "${samples:-0}" -ne $((events + copies)) ]; then
 	echo "WARNING: perf script gave $events events of the ${samples:-0} samples in perf.data: the totals above are wrong" >&2
 	status=1
 fi

@@ -68,7 +68,9 @@ pub fn record(
     // Not -q: it hides perf's errors too (a failure to open or map its
     // events left a recording of 0 samples, unexplained). Its routine lines
     // are dropped instead (ROUTINE).
-    cmd.args(["record", "--call-graph", call_graph, "-e", &format!("{}:*", group.name()), "-o"]).arg(data);
+    // `-T`: every sample carries its time, by which a sample perf wrote
+    // twice is told from two real ones (`perf_data::fold`).
+    cmd.args(["record", "-T", "--call-graph", call_graph, "-e", &format!("{}:*", group.name()), "-o"]).arg(data);
     // perf's default ring buffer (512 KiB) drops events when a program
     // allocates in a tight loop (751 of 1 million here); 32 MiB per CPU kept
     // every one. Only root may lock that much (others get perf's default).
@@ -303,12 +305,16 @@ pub struct Script {
     /// The count written at the top of a capture by
     /// `scripts/perf-flamegraph.sh` (`# heapprobe-capture samples=N lost=L`).
     pub capture_count: Option<perf_data::Counts>,
+    /// Of those samples, the copies perf wrote twice, which the script left
+    /// out of the capture (`copies=N` on the same line; 0 if absent).
+    pub capture_copies: u64,
 }
 
 impl Script {
     /// The recording, checked against `counts` (perf.data's own), or the
     /// count the capture carries.
     pub fn into_recording(self, counts: Option<perf_data::Counts>, status: Option<Ended>) -> Recording {
+        let copies = if counts.is_none() { self.capture_copies } else { 0 };
         let (source, counts, unparsed_why) = match (counts, self.capture_count) {
             (Some(c), _) => (
                 "samples in perf.data",
@@ -330,8 +336,9 @@ impl Script {
             // The capture's own PERF_RECORD_LOST lines say the same or less.
             dropped: counts.map_or(0, |c| c.lost).max(self.lost),
             parsed_events: self.events,
-            // A text capture has no timestamps to tell a copy by.
-            duplicates: 0,
+            // A text capture has no timestamps to tell a copy by: only the
+            // copies the capture's writer left out are known.
+            duplicates: copies,
             parsed_total: None,
             stackless: 0,
             stackless_weight: 0,
@@ -398,6 +405,7 @@ pub fn parse_script_filtered(
     let mut lost = 0;
     let mut events = 0;
     let mut capture_count = None;
+    let mut capture_copies = 0;
     let mut filtered = 0;
     let mut probes: BTreeMap<String, u64> = BTreeMap::new();
     // The probe hit being read: its weight, or None when it is not folded.
@@ -482,10 +490,10 @@ pub fn parse_script_filtered(
                 count.trim().parse::<u64>().map_err(|_| error(String::from("a lost count that is not a number")))?;
         } else if let Some(comment) = line.strip_prefix('#') {
             if let Some(count) = comment.trim().strip_prefix("heapprobe-capture ") {
-                capture_count =
-                    Some(parse_capture_count(count).ok_or_else(|| {
-                        error(String::from("a heapprobe-capture line other than `samples=N lost=N`"))
-                    })?);
+                let (count, copies) = parse_capture_count(count).ok_or_else(|| {
+                    error(String::from("a heapprobe-capture line other than `samples=N lost=N [copies=N]`"))
+                })?;
+                (capture_count, capture_copies) = (Some(count), copies);
             }
         } else {
             return Err(error(String::from(EXPECTED)));
@@ -493,21 +501,23 @@ pub fn parse_script_filtered(
     }
     finish(&mut current, &mut frames);
     folded.filtered = filtered;
-    Ok(Script { folded, lost, probes, events, capture_count })
+    Ok(Script { folded, lost, probes, events, capture_count, capture_copies })
 }
 
-/// `samples=N lost=N`.
-fn parse_capture_count(text: &str) -> Option<perf_data::Counts> {
+/// `samples=N lost=N`, and `copies=N` (the samples perf wrote twice, left
+/// out of the capture) from scripts that write it.
+fn parse_capture_count(text: &str) -> Option<(perf_data::Counts, u64)> {
     let mut counts = perf_data::Counts::default();
-    let (mut samples, mut lost) = (false, false);
+    let (mut samples, mut lost, mut copies) = (false, false, None);
     for word in text.split_whitespace() {
         match word.split_once('=')? {
             ("samples", n) => (counts.samples, samples) = (n.parse().ok()?, true),
             ("lost", n) => (counts.lost, lost) = (n.parse().ok()?, true),
+            ("copies", n) if copies.is_none() => copies = Some(n.parse().ok()?),
             _ => return None,
         }
     }
-    (samples && lost).then_some(counts)
+    (samples && lost).then_some((counts, copies.unwrap_or(0)))
 }
 
 /// A fetch argument's value: decimal (`s64` arguments may be negative, and
@@ -616,6 +626,21 @@ heapprobe_9_trace0:alloc__14: (55aaeaf3e00) ptr=93848892338496 size=100 align=8
         let parsed = parse_script(&script, Weight::Count, None).unwrap();
         assert_eq!((parsed.events, parsed.lost, parsed.folded.total), (6, 27, 6));
         assert_eq!(parsed.capture_count, Some(perf_data::Counts { samples: 5, lost: 30 }));
+        assert_eq!(parsed.capture_copies, 0);
+        // perf-flamegraph.sh's captures say how many copies they left out:
+        // the capture's 6 events and 1 copy are perf's 7 samples, none lost
+        // or unparsed.
+        let script = script.replace("samples=5 lost=30", "samples=7 lost=27 copies=1");
+        let parsed = parse_script(&script, Weight::Count, None).unwrap();
+        assert_eq!(parsed.capture_copies, 1);
+        let recorded = parsed.into_recording(None, None).recorded;
+        assert_eq!((recorded.events, recorded.duplicates, recorded.unparsed(), recorded.dropped), (Some(7), 1, 0, 27));
+        for bad in ["samples=7 lost=0 copies=x", "samples=7 lost=0 copies=1 copies=1"] {
+            assert!(
+                parse_script(&format!("# heapprobe-capture {bad}\n{SCRIPT}"), Weight::Count, None).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
