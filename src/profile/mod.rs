@@ -84,8 +84,8 @@ pub(crate) use self::sampler::active;
 /// sampled work.
 pub(crate) mod hooks {
     pub(crate) use super::sampler::{
-        alloc_due, detach, free_due, freed, on_alloc, on_dealloc, on_realloc, on_realloc_start, realloc_due,
-        sampled_alloc_entry, sampled_realloc_entry,
+        detach, fast_sampled_alloc, fast_sampled_realloc, free_due, freed, on_alloc, on_dealloc, on_realloc,
+        on_realloc_start, slot_crossed,
     };
 }
 
