@@ -1078,8 +1078,8 @@ mod tests {
             assert_eq!(PROBE.reentrant_calls(), 2);
             PROBE.divert(true);
             assert!(PROBE.diverted());
-            // Diverted, on the lean path (the fast path's counting plus the
-            // profiler's checks): like the fast path, counted, not flagged.
+            // Frees diverted (the profiler's free check on the fast path's
+            // branch for diverted calls): counted, not flagged.
             pair();
             assert_eq!(PROBE.reentrant_calls(), 2);
             // Diverted inside a measured scope: the slow path, flagged.
@@ -1100,7 +1100,7 @@ mod tests {
 
     static MARKED: Heapprobe<System> = Heapprobe::new(System);
 
-    /// The lean path runs the profiler's sampled work with the thread marked
+    /// The fast path runs the profiler's sampled work with the thread marked
     /// inside an allocator call: an allocation made there is re-entrant and
     /// counted as such (positive control: the same call unmarked is not).
     #[test]

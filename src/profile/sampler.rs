@@ -1,11 +1,13 @@
 //! The sampler: each thread's byte countdown, the hooks the allocator calls
 //! while the profiler is active, and the global profile's state.
 //!
-//! Per call, an active profiler costs the allocator's lean path a few
-//! inline instructions here: `alloc` subtracts the size from the thread's
-//! countdown and compares it with 0 (and the thread's epoch with the
-//! profiler's); `dealloc` hashes the address and loads one byte of the free
-//! filter. The slow path calls the `on_*` hooks, which do the same plus the
+//! Per call, an active profiler costs the allocator's fast path a few
+//! inline instructions: `alloc` compares its slot's cumulative allocated
+//! bytes with the slot's next sample (a compare it makes while the profiler
+//! is off too, against `u64::MAX`), and calls [`slot_crossed`] when they
+//! pass it; `dealloc` (diverted while the profiler is on) hashes the
+//! address and loads one byte of the free filter. The slow path calls the
+//! `on_*` hooks, which keep a countdown of their own per thread plus the
 //! scope checks. Everything else happens on
 //! the sampled path, which never allocates, never takes a lock that the
 //! allocator itself may hold, and is skipped if the thread is already inside it.
@@ -22,9 +24,10 @@ use crate::probes;
 use crate::stats::Stats;
 
 /// 1 while the global profiler runs, plus one per open scoped profile.
-/// The allocator calls the hooks only while this is not 0, and every
-/// `Heapprobe` instance is diverted to its slow path (where the hooks are)
-/// while it is not 0: change it only through [`users_change`].
+/// The allocator's slow path calls the hooks only while this is not 0, and
+/// every `Heapprobe` instance's frees and reallocs are diverted (through
+/// the free filter's check) while it is not 0: change it only through
+/// [`users_change`].
 pub(crate) static USERS: AtomicU32 = AtomicU32::new(0);
 /// Changes whenever the global profiler starts or stops, so that every
 /// thread draws a new countdown on its next call.
@@ -55,7 +58,7 @@ pub(crate) fn active() -> bool {
 }
 
 /// Adds or removes a user of the hooks, and diverts every `Heapprobe`
-/// instance while there is one (restores them when the last one leaves), as
+/// instance's frees and reallocs while there is one (restores them when the last one leaves), as
 /// one step with respect to other changes (`crate::alloc::divert_all`).
 fn users_change(add: bool) {
     crate::alloc::divert_all(|| {
@@ -83,7 +86,8 @@ pub(crate) struct ScopeState {
 
 /// What a thread knows about its sampling. Const-initialised, no destructor.
 pub(crate) struct ThreadProf {
-    /// Bytes left before the next sample (the lean path's countdown).
+    /// Bytes left before the next sample (the slow path's countdown; the
+    /// fast path's is its slot's `sample_at`).
     budget: Cell<i64>,
     /// `EPOCH` when `budget` was drawn.
     epoch: Cell<u32>,
