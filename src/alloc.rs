@@ -634,7 +634,14 @@ impl<A> Heapprobe<A> {
     /// then the rest of the counting of a growth.
     #[cold]
     #[inline(never)]
-    fn realloc_crossed(&self, slot: &Slot, ptr: *mut u8, new_ptr: *mut u8, old_size: usize, new_size: usize) -> *mut u8 {
+    fn realloc_crossed(
+        &self,
+        slot: &Slot,
+        ptr: *mut u8,
+        new_ptr: *mut u8,
+        old_size: usize,
+        new_size: usize,
+    ) -> *mut u8 {
         if let Some(state) = thread::current() {
             // SAFETY: `current` returns this thread's live thread-local.
             let state = unsafe { &*state };
@@ -723,9 +730,9 @@ impl<A: GlobalAlloc> Heapprobe<A> {
         }
         let ptr = this.count_alloc(slow.slot, slow.in_scope(), false, ptr, layout);
         // The profiler's hook sampled these bytes with the thread's own
-        // countdown: the fast path's waits (`Slot::defer_sample`).
+        // countdown: the fast path's waits (`slot_defer`).
         if let (Some(slot), false) = (slow.slot, ptr.is_null()) {
-            slot.defer_sample(layout.size() as u64);
+            crate::profile::hooks::slot_defer(&slot.sample_at, layout.size() as u64);
         }
         this.leave_slow(&slow);
         ptr
@@ -783,7 +790,7 @@ impl<A: GlobalAlloc> Heapprobe<A> {
         let new_ptr = this.count_realloc(slow.slot, slow.in_scope(), false, ptr, new_ptr, layout, new_size);
         // As in `alloc_slow`.
         if let (Some(slot), false) = (slow.slot, new_ptr.is_null()) {
-            slot.defer_sample(new_size.saturating_sub(layout.size()) as u64);
+            crate::profile::hooks::slot_defer(&slot.sample_at, new_size.saturating_sub(layout.size()) as u64);
         }
         this.leave_slow(&slow);
         new_ptr

@@ -326,18 +326,6 @@ impl Slot {
         self.sample_at.store(0, SeqCst);
     }
 
-    /// Moves the profiler's next sample up by `bytes` that the slow path
-    /// counted (it samples them with its own countdown), so that the fast
-    /// path's countdown is paused meanwhile, not spent. Owner only. A reset
-    /// (0) or never (`u64::MAX`) is left alone, and so is a value the
-    /// profiler changed meanwhile (the compare-exchange fails, and the next
-    /// try sees its reset).
-    pub(crate) fn defer_sample(&self, bytes: u64) {
-        let _ = self.sample_at.fetch_update(SeqCst, SeqCst, |at| {
-            (at != 0 && at != u64::MAX).then(|| at.saturating_add(bytes).min(u64::MAX - 1))
-        });
-    }
-
     /// Gives the slot back (its owner thread is exiting), keeping its counts
     /// for the readers and for the next owner.
     pub(crate) fn release(&self) {

@@ -86,7 +86,7 @@ pub(crate) use self::sampler::active;
 pub(crate) mod hooks {
     pub(crate) use super::sampler::{
         detach, fast_sampled_alloc, fast_sampled_realloc, free_due, freed, on_alloc, on_dealloc, on_realloc,
-        on_realloc_start, slot_crossed,
+        on_realloc_start, slot_crossed, slot_defer,
     };
 }
 

@@ -706,6 +706,25 @@ pub(crate) fn slot_crossed(sample_at: &AtomicU64, total: u64, bytes: u64) -> Opt
     sampled.then_some(rate)
 }
 
+/// The slow path counted `bytes` more in the slot's allocated bytes (the
+/// thread's own countdown, in the `on_*` hooks, samples them): moves the
+/// slot's next sample up as much, so that the fast path's countdown waits
+/// meanwhile rather than being spent, and its next crossing is still
+/// genuine. Owner only. Only a threshold this thread stored is moved: a
+/// reset (0), never (`u64::MAX`), or a reset that the profiler makes
+/// meanwhile (the compare-exchange fails) is left alone.
+pub(crate) fn slot_defer(sample_at: &AtomicU64, bytes: u64) {
+    let Some(t) = thread() else { return };
+    let next = t.slot_next.get();
+    if bytes == 0 || next == 0 || next == u64::MAX {
+        return;
+    }
+    let moved = next.saturating_add(bytes).min(u64::MAX - 1);
+    if sample_at.compare_exchange(next, moved, SeqCst, SeqCst).is_ok() {
+        t.slot_next.set(moved);
+    }
+}
+
 /// A fast-path allocation that [`slot_crossed`] sampled at `rate`.
 #[inline(never)]
 pub(crate) fn fast_sampled_alloc<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize, rate: u64) {
