@@ -9,13 +9,18 @@
 //! probes, re-entrant calls, threads without a slot) takes the slow path, a
 //! separate function with the same counting code.
 //!
-//! The in-process profiler (`src/profile`) has nothing on the fast path.
-//! While it is on, every registered instance is diverted ([`divert_all`]):
-//! its key stops matching any thread's fast word, so every call misses the
-//! fast path. A thread that would otherwise have taken it takes the *lean*
-//! path (`*_lean`): the fast path's counting plus the profiler's inline
-//! checks, its sampled work out of line with the thread marked busy; every
-//! other call takes the slow path, which runs the profiler's hooks.
+//! The in-process profiler (`src/profile`) costs the idle fast path one
+//! compare, on allocations: the slot's cumulative allocated bytes against
+//! the slot's `sample_at`, which is `u64::MAX` while the profiler is off.
+//! While it is on, `sample_at` is where the thread's next sample falls, and
+//! the allocation that passes it calls the profiler out of line
+//! ([`Heapprobe::alloc_crossed`]). Allocations are never diverted. Frees
+//! and reallocs are: while the profiler is on, every registered instance's
+//! `free_key` is diverted ([`divert_all`]), so `dealloc` and `realloc`
+//! miss their one compare; a thread that would otherwise have matched
+//! stays on the fast path after one more compare and a check of the
+//! profiler's free filter, in the branch that the miss takes. Every other
+//! call takes the slow path, which runs the profiler's hooks.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
@@ -25,7 +30,7 @@ use crate::stats::Stats;
 use crate::tally::{Slot, Slots, Tally, Writer};
 use crate::thread::{self, ThreadState, BUSY, EXITED, NO_SLOT, UNBOUND};
 
-/// The bit of [`Heapprobe::key`] that diverts every thread to the slow path.
+/// The bit of [`Switch::free_key`] that diverts frees and reallocs.
 const DIVERTED: usize = 4;
 
 /// Formerly the most threads that could hold a private counter slot at once.
@@ -66,13 +71,13 @@ pub const GLOBAL_PEAK_GRANULE: i64 = 64 * 1024;
 /// ```
 pub struct Heapprobe<A> {
     inner: A,
-    /// What a thread's fast word must equal for the fast path: this
-    /// instance's address (set when it binds its first thread; 0 before,
-    /// which no fast word equals), with [`DIVERTED`] set to send every call
-    /// through the slow path. Read by every call, written almost never.
+    /// What a thread's fast word must equal for the fast path of `alloc`
+    /// and `alloc_zeroed`: this instance's address (set when it binds its
+    /// first thread; 0 before, which no fast word equals). Read by every
+    /// allocation, written once.
     key: AtomicUsize,
-    /// Per-thread counters, in blocks mapped on demand.
-    slots: Slots,
+    /// The key of `dealloc` and `realloc`, and the slots.
+    switch: Switch,
     /// Counters of calls from threads without a slot of this instance.
     overflow: Tally,
     /// Net bytes published by threads (see [`GLOBAL_PEAK_GRANULE`]).
@@ -92,7 +97,7 @@ impl<A> Heapprobe<A> {
         Self {
             inner,
             key: AtomicUsize::new(0),
-            slots: Slots::new(),
+            switch: Switch { free_key: AtomicUsize::new(0), slots: Slots::new() },
             overflow: Tally::new(),
             global_net: AtomicI64::new(0),
             global_peak: AtomicI64::new(0),
@@ -119,7 +124,7 @@ impl<A> Heapprobe<A> {
     /// with allocator calls sees each counter at some recent value.
     pub fn stats(&self) -> Stats {
         let mut total = self.overflow.load();
-        for slot in self.slots.iter() {
+        for slot in self.switch.slots.iter() {
             total = total + slot.tally.load();
         }
         total.current = total.bytes_allocated.saturating_sub(total.bytes_deallocated);
@@ -166,37 +171,36 @@ impl<A> Heapprobe<A> {
     /// through the global allocator inside a measured scope; the test suite
     /// asserts it stays 0, with a positive control.
     ///
-    /// Other calls take the fast path (or, while the profiler is on, the
-    /// lean path: the same counting plus the profiler's countdown and free
-    /// check), which marks nothing around the inner call (that would cost
-    /// two stores and a register on every call) and calls nothing but the
-    /// inner allocator: an inner allocator that re-enters there is counted
-    /// exactly, but not here.
+    /// Other calls take the fast path (with, while the profiler is on, its
+    /// countdown and free check), which marks nothing around the inner call
+    /// (that would cost two stores and a register on every call) and calls
+    /// nothing but the inner allocator: an inner allocator that re-enters
+    /// there is counted exactly, but not here.
     pub fn reentrant_calls(&self) -> u64 {
         self.reentered.load(Relaxed)
     }
 
-    /// Sends every thread's calls through the slow path while `on`, at no
-    /// cost to the fast path: the key its one compare reads stops matching
-    /// any thread's fast word. The profiler diverts every registered
-    /// instance at once with [`divert_all`]; this one is for tests.
+    /// Diverts every thread's frees and reallocs while `on`, at no cost to
+    /// the fast path: the key their one compare reads stops matching any
+    /// thread's fast word. The profiler diverts every registered instance
+    /// at once with [`divert_all`]; this one is for tests.
     #[cfg(test)]
     pub(crate) fn divert(&self, on: bool) {
-        set_diverted(&self.key, on);
+        set_diverted(&self.switch.free_key, on);
     }
 
-    /// Whether this instance's calls are diverted off the fast path now
-    /// (the profiler is on, or was when the instance bound its first
-    /// thread). For tests of the profiler's switch; not a stable API.
+    /// Whether this instance's frees and reallocs are diverted now (the
+    /// profiler is on, or was when the instance bound its first thread).
+    /// For tests of the profiler's switch; not a stable API.
     #[doc(hidden)]
     pub fn diverted(&self) -> bool {
-        self.key.load(SeqCst) & DIVERTED != 0
+        self.switch.free_key.load(SeqCst) & DIVERTED != 0
     }
 
     /// How much memory this instance has mapped for counter slots: the
     /// number of blocks of 64 slots, and their size in bytes.
     pub fn slot_memory(&self) -> (usize, usize) {
-        self.slots.mapped()
+        self.switch.slots.mapped()
     }
 
     /// This thread's state and slot, claiming a slot if the thread has none
@@ -235,7 +239,7 @@ impl<A> Heapprobe<A> {
     #[inline(never)]
     fn bind(&self, state: &ThreadState) -> Option<&Slot> {
         let key = self.exit_key()?;
-        let slot = self.slots.claim()?;
+        let slot = self.switch.slots.claim()?;
         slot.start_owner();
         #[cfg(unix)]
         {
@@ -253,9 +257,9 @@ impl<A> Heapprobe<A> {
         let _ = key;
         state.instance.set(self.id());
         state.slot.set(slot);
-        // The first bound thread switches the fast path on, diverted while
-        // the profiler is on.
-        if self.key.load(Relaxed) & !DIVERTED == 0 {
+        // The first bound thread switches the fast path on, frees and
+        // reallocs diverted while the profiler is on.
+        if self.key.load(Relaxed) == 0 {
             self.enable_fast_path();
         }
         // `HEAPPROBE_SUMMARY=1`: the first instance to bind a thread (the
@@ -271,30 +275,33 @@ impl<A> Heapprobe<A> {
         Some(slot)
     }
 
-    /// Registers the instance for [`divert_all`] and sets its key to its
-    /// address, with [`DIVERTED`] set while the profiler is on. An instance
-    /// that cannot be registered (the registry is full) keeps a key of 0:
-    /// every call takes the slow path, where the profiler sees it.
+    /// Registers the instance for [`divert_all`] and [`resample_all`] and
+    /// sets its keys to its address, `free_key` with [`DIVERTED`] set while
+    /// the profiler is on. An instance that cannot be registered (the
+    /// registry is full) keeps keys of 0: every call takes the slow path,
+    /// where the profiler sees it.
     ///
     /// Race-free with [`divert_all`]: the instance is registered before its
-    /// key is set, so a change of the switch after the key is set reaches
-    /// it; a change between reading the switch and setting the key is seen
-    /// by the second read, which sets it again.
+    /// free key is set, so a change of the switch after the key is set
+    /// reaches it; a change between reading the switch and setting the key
+    /// is seen by the second read, which sets it again. Its slots need no
+    /// such care: each starts at "decide again" (`Slot::start_owner`).
     #[cold]
     #[inline(never)]
     fn enable_fast_path(&self) {
         // SAFETY: a `Heapprobe` that binds threads is never dropped while
         // registered: `Drop` unregisters it (and a `static` never drops).
-        if !unsafe { register(&self.key) } {
+        if !unsafe { register(&self.switch) } {
             return;
         }
         loop {
             let on = DIVERT_ALL.load(SeqCst);
-            self.key.swap(if on { self.id() | DIVERTED } else { self.id() }, SeqCst);
+            self.switch.free_key.swap(if on { self.id() | DIVERTED } else { self.id() }, SeqCst);
             if DIVERT_ALL.load(SeqCst) == on {
-                return;
+                break;
             }
         }
+        self.key.store(self.id(), SeqCst);
     }
 
     /// The pthread key that releases slots at thread exit, created once.
@@ -327,7 +334,8 @@ impl<A> Heapprobe<A> {
         Some(0)
     }
 
-    /// The calling thread's state, if it may take this instance's fast path.
+    /// The calling thread's state, if it may take this instance's fast
+    /// path for an allocation.
     #[inline(always)]
     fn fast_state(&self) -> Option<&ThreadState> {
         // SAFETY: `current` returns this thread's live thread-local.
@@ -335,15 +343,25 @@ impl<A> Heapprobe<A> {
         (state.fast.get() == self.key.load(Relaxed)).then_some(state)
     }
 
-    /// The calling thread's state, if it may take this instance's lean path:
-    /// the instance is diverted (the profiler is on) and the thread would
-    /// otherwise take its fast path (bound to it, no measured scope open,
-    /// not inside an allocator call).
+    /// For a free or a realloc: the calling thread's state, and whether the
+    /// call is diverted (the profiler is on), if the thread may take this
+    /// instance's fast path (bound to it, no measured scope open, not inside
+    /// an allocator call). `None`: the slow path.
     #[inline(always)]
-    fn lean_state(&self) -> Option<&ThreadState> {
+    fn free_state(&self) -> Option<(&ThreadState, bool)> {
         // SAFETY: `current` returns this thread's live thread-local.
         let state = unsafe { &*thread::current()? };
-        (state.fast.get() | DIVERTED == self.key.load(Relaxed)).then_some(state)
+        let key = self.switch.free_key.load(Relaxed);
+        if state.fast.get() == key {
+            return Some((state, false));
+        }
+        // Read again rather than kept in a register from the compare
+        // above, which can then read it from memory: one instruction less
+        // on the fast path.
+        // SAFETY: `as_ptr` of this thread's own `Cell`, valid and aligned;
+        // no reference to its contents is live.
+        let fast = unsafe { core::ptr::read_volatile(state.fast.as_ptr()) };
+        (fast | DIVERTED == key).then_some((state, true))
     }
 
     /// Enters the slow path: marks the thread busy (unless the call is
@@ -451,22 +469,14 @@ impl<A> Heapprobe<A> {
 
     /// Counts an `alloc` or `alloc_zeroed` that returned `ptr`, fires its
     /// probes (`locked`: a measured scope is open) and returns `ptr`. The
-    /// slot, if any, is the calling thread's own.
+    /// slot, if any, is the calling thread's own. `sample`: the fast path,
+    /// which runs the profiler's countdown.
     #[inline(always)]
-    fn count_alloc(&self, slot: Option<&Slot>, locked: bool, ptr: *mut u8, layout: Layout) -> *mut u8 {
+    fn count_alloc(&self, slot: Option<&Slot>, locked: bool, sample: bool, ptr: *mut u8, layout: Layout) -> *mut u8 {
         let (size, align) = (layout.size(), layout.align());
         if ptr.is_null() {
             return self.failed(slot, size, align);
         }
-        // The profiler's hook (issue 13) goes here. Cheapest: none at all
-        // on the fast path; `divert(true)` sends every call to the slow
-        // path (`alloc_slow`, `dealloc_slow`, `realloc_slow`), where a hook
-        // costs nothing while the profiler is off. A flag tested here and
-        // in `dealloc` instead, measured per alloc+free pair (callgrind):
-        // +6 instructions as a field of `self` whose cold path is a tail
-        // call doing the rest (1.26x System: over issue 13's 1.25x), +8 as
-        // a `static` of this crate (a GOT load), +18 when the cold path is
-        // a call the hot path returns from (a stack frame).
         probes::alloc(ptr as u64, size as u64, align as u64);
         if locked {
             probes::alloc_locked(ptr as u64, size as u64, align as u64);
@@ -476,14 +486,34 @@ impl<A> Heapprobe<A> {
             self.shared_net(size as i64);
             return ptr;
         };
-        // The histogram last: by then the size is needed nowhere else.
         slot.tally.allocated_bytes(size, Writer::Owner);
+        // The profiler's countdown (issue 13): one compare, against
+        // `u64::MAX` while the profiler is off. Measured alternatives per
+        // alloc+free pair (callgrind): a flag field of `self` tested here
+        // and in `dealloc`, whose cold path is a tail call, +6; the same as
+        // a `static` (a GOT load) +8; a cold call the hot path returns from
+        // +18; diverting every call off the fast path 0 while off, but +38
+        // while on.
+        if sample && slot.tally.bytes_allocated() > slot.sample_at.load(Relaxed) {
+            return self.alloc_crossed(slot, ptr, size);
+        }
+        self.count_alloc_rest(slot, ptr, size)
+    }
+
+    /// The end of [`count_alloc`](Self::count_alloc) for a thread's own
+    /// slot, after the bytes: the peak and the histogram.
+    #[inline(always)]
+    fn count_alloc_rest(&self, slot: &Slot, ptr: *mut u8, size: usize) -> *mut u8 {
+        // The histogram last: by then the size is needed nowhere else.
         if slot.grew(size as i64) {
             slot.tally.allocated_size(size, Writer::Owner);
             return ptr;
         }
         // A new high (every allocation of a growing phase): inline, and a
         // branch rather than a select, so the common case pays nothing more.
+        // Laid out after the common case, which then ends in the return
+        // rather than a jump to it: one instruction less (one more here).
+        unlikely();
         slot.at_high();
         slot.tally.allocated_size(size, Writer::Owner);
         if slot.net().wrapping_sub(slot.published.load(Relaxed)) >= GLOBAL_PEAK_GRANULE {
@@ -498,7 +528,6 @@ impl<A> Heapprobe<A> {
     #[inline(always)]
     fn count_dealloc(&self, slot: Option<&Slot>, locked: bool, ptr: *mut u8, layout: Layout) -> bool {
         let (size, align) = (layout.size(), layout.align());
-        // The profiler's hook (issue 13) goes here: see `count_alloc`.
         probes::dealloc(ptr as u64, size as u64, align as u64);
         if locked {
             probes::dealloc_locked(ptr as u64, size as u64, align as u64);
@@ -515,11 +544,14 @@ impl<A> Heapprobe<A> {
 
     /// Counts a `realloc` of `ptr` (with `layout`) to `new_size` that
     /// returned `new_ptr`, fires its probes and returns `new_ptr`.
+    /// `sample`: the fast path, which runs the profiler's countdown.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn count_realloc(
         &self,
         slot: Option<&Slot>,
         locked: bool,
+        sample: bool,
         ptr: *mut u8,
         new_ptr: *mut u8,
         layout: Layout,
@@ -529,7 +561,6 @@ impl<A> Heapprobe<A> {
         if new_ptr.is_null() {
             return self.failed(slot, new_size, align);
         }
-        // The profiler's hook (issue 13) goes here: see `count_alloc`.
         probes::realloc(ptr as u64, new_ptr as u64, old_size as u64, new_size as u64, align as u64);
         if locked {
             probes::realloc_locked(ptr as u64, new_ptr as u64, old_size as u64, new_size as u64, align as u64);
@@ -542,6 +573,10 @@ impl<A> Heapprobe<A> {
         };
         slot.tally.reallocated(old_size, new_size, new_ptr != ptr, Writer::Owner);
         if delta > 0 {
+            // The profiler's countdown: see `count_alloc`.
+            if sample && slot.tally.bytes_allocated() > slot.sample_at.load(Relaxed) {
+                return self.realloc_crossed(slot, ptr, new_ptr, old_size, new_size);
+            }
             if !slot.grew(delta) {
                 return self.new_high(slot, new_ptr);
             }
@@ -555,7 +590,13 @@ impl<A> Heapprobe<A> {
     }
 }
 
-/// Runs the profiler's sampled work `f` for a lean-path call, with the
+/// Marks the branch that calls it as the unlikely one, for the layout of
+/// the fast path (`#[cold]` on a function inlined into it).
+#[cold]
+#[inline(always)]
+fn unlikely() {}
+
+/// Runs the profiler's sampled work `f` for a fast-path call, with the
 /// thread marked inside an allocator call: an allocation `f` made would be
 /// re-entrant, and counted by [`Heapprobe::reentrant_calls`].
 #[cold]
@@ -567,97 +608,67 @@ fn profiler_busy(state: &ThreadState, f: impl FnOnce()) {
     state.fast.set(fast);
 }
 
+impl<A> Heapprobe<A> {
+    /// A fast-path allocation took the slot's allocated bytes past the
+    /// profiler's next sample (`Slot::sample_at`): the profiler decides and,
+    /// if sampled, records it with the thread marked busy; then the rest of
+    /// the counting. A tail call from the hot path.
+    #[cold]
+    #[inline(never)]
+    fn alloc_crossed(&self, slot: &Slot, ptr: *mut u8, size: usize) -> *mut u8 {
+        if let Some(state) = thread::current() {
+            // SAFETY: `current` returns this thread's live thread-local.
+            let state = unsafe { &*state };
+            profiler_busy(state, || {
+                let total = slot.tally.bytes_allocated();
+                if let Some(rate) = crate::profile::hooks::slot_crossed(&slot.sample_at, total, size as u64) {
+                    crate::profile::hooks::fast_sampled_alloc(self, ptr, size, rate);
+                }
+            });
+        }
+        self.count_alloc_rest(slot, ptr, size)
+    }
+
+    /// A fast-path realloc's growth took the slot's allocated bytes past
+    /// the profiler's next sample: as [`alloc_crossed`](Self::alloc_crossed),
+    /// then the rest of the counting of a growth.
+    #[cold]
+    #[inline(never)]
+    fn realloc_crossed(
+        &self,
+        slot: &Slot,
+        ptr: *mut u8,
+        new_ptr: *mut u8,
+        old_size: usize,
+        new_size: usize,
+    ) -> *mut u8 {
+        if let Some(state) = thread::current() {
+            // SAFETY: `current` returns this thread's live thread-local.
+            let state = unsafe { &*state };
+            profiler_busy(state, || {
+                let (total, growth) = (slot.tally.bytes_allocated(), new_size.saturating_sub(old_size));
+                if let Some(rate) = crate::profile::hooks::slot_crossed(&slot.sample_at, total, growth as u64) {
+                    crate::profile::hooks::fast_sampled_realloc(self, ptr, new_ptr, old_size, new_size, Some(rate));
+                }
+            });
+        }
+        let delta = (new_size as i64).wrapping_sub(old_size as i64);
+        if !slot.grew(delta) {
+            return self.new_high(slot, new_ptr);
+        }
+        new_ptr
+    }
+}
+
 impl<A: GlobalAlloc> Heapprobe<A> {
-    /// `alloc` or `alloc_zeroed` off the fast path: the lean path if the
-    /// thread qualifies ([`lean_state`](Self::lean_state)), else the slow
-    /// path. The lean path is the fast path's counting plus the profiler's
-    /// countdown, in a function of its own so that its frame stays as small
-    /// as the fast path's; a sampled call continues in a cold function
-    /// (a tail call: nothing is kept across it).
-    #[cold]
-    #[inline(never)]
-    unsafe fn alloc_lean(layout: Layout, zeroed: bool, this: &Self) -> *mut u8 {
-        if zeroed {
-            // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::alloc_zeroed_lean(layout, this) };
-        }
-        let Some(state) = this.lean_state() else {
-            // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::alloc_slow(layout, false, this) };
-        };
-        // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
-        let ptr = unsafe { this.inner.alloc(layout) };
-        if crate::profile::hooks::alloc_due(layout.size()) {
-            return Self::alloc_sampled(ptr, layout, this, state);
-        }
-        // SAFETY: the fast word matched this instance (`lean_state`), so
-        // `slot` is the thread's live slot in it.
-        let slot = unsafe { &*state.slot.get() };
-        this.count_alloc(Some(slot), false, ptr, layout)
-    }
-
-    /// [`alloc_lean`](Self::alloc_lean) for `alloc_zeroed` (apart, so that
-    /// `alloc`'s lean path needs no more registers than its fast path).
-    #[cold]
-    #[inline(never)]
-    unsafe fn alloc_zeroed_lean(layout: Layout, this: &Self) -> *mut u8 {
-        let Some(state) = this.lean_state() else {
-            // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::alloc_slow(layout, true, this) };
-        };
-        // SAFETY: forwarded with the caller's layout, which meets `alloc_zeroed`'s contract.
-        let ptr = unsafe { this.inner.alloc_zeroed(layout) };
-        if crate::profile::hooks::alloc_due(layout.size()) {
-            return Self::alloc_sampled(ptr, layout, this, state);
-        }
-        // SAFETY: as in `alloc_lean`.
-        let slot = unsafe { &*state.slot.get() };
-        this.count_alloc(Some(slot), false, ptr, layout)
-    }
-
-    /// The rest of a lean-path allocation whose countdown ran out: the
-    /// profiler's sampled work, then the counting.
-    #[cold]
-    #[inline(never)]
-    fn alloc_sampled(ptr: *mut u8, layout: Layout, this: &Self, state: &ThreadState) -> *mut u8 {
-        profiler_busy(state, || crate::profile::hooks::sampled_alloc_entry(this, ptr, layout.size()));
-        // SAFETY: as in `alloc_lean`.
-        let slot = unsafe { &*state.slot.get() };
-        this.count_alloc(Some(slot), false, ptr, layout)
-    }
-
-    /// `dealloc` off the fast path: the lean path (the fast path's
-    /// counting, after one check of the profiler's free filter) or the slow
-    /// path.
-    #[cold]
-    #[inline(never)]
-    unsafe fn dealloc_lean(ptr: *mut u8, layout: Layout, this: &Self) {
-        let Some(state) = this.lean_state() else {
-            // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::dealloc_slow(ptr, layout, this) };
-        };
-        if crate::profile::hooks::free_due(ptr) {
-            // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::dealloc_sampled(ptr, layout, this, state) };
-        }
-        // SAFETY: as in `alloc_lean`.
-        let slot = unsafe { &*state.slot.get() };
-        if this.count_dealloc(Some(slot), false, ptr, layout) {
-            // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::publish_and_dealloc(ptr, layout, slot, this) };
-        }
-        // SAFETY: the caller guarantees `ptr` came from this allocator (and so
-        // from `inner`) with `layout`.
-        unsafe { this.inner.dealloc(ptr, layout) }
-    }
-
-    /// A lean-path `dealloc` of a block the profiler may track: it leaves
-    /// the profiler's tables before the inner allocator can reuse it.
+    /// A diverted fast-path `dealloc` of a block the profiler may track: it
+    /// leaves the profiler's tables before the inner allocator can reuse it.
     #[cold]
     #[inline(never)]
     unsafe fn dealloc_sampled(ptr: *mut u8, layout: Layout, this: &Self, state: &ThreadState) {
         profiler_busy(state, || crate::profile::hooks::freed(ptr as usize));
-        // SAFETY: as in `alloc_lean`.
+        // SAFETY: the thread matched the fast path's key but for the
+        // diversion bit (`free_state`), so `slot` is its live slot here.
         let slot = unsafe { &*state.slot.get() };
         if this.count_dealloc(Some(slot), false, ptr, layout) {
             this.publish(slot);
@@ -667,33 +678,9 @@ impl<A: GlobalAlloc> Heapprobe<A> {
         unsafe { this.inner.dealloc(ptr, layout) }
     }
 
-    /// `realloc` off the fast path: the lean path (the fast path's counting
-    /// and the profiler's two checks) or the slow path.
-    #[cold]
-    #[inline(never)]
-    unsafe fn realloc_lean(ptr: *mut u8, layout: Layout, new_size: usize, this: &Self) -> *mut u8 {
-        let Some(state) = this.lean_state() else {
-            // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::realloc_slow(ptr, layout, new_size, this) };
-        };
-        if crate::profile::hooks::free_due(ptr) {
-            // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::realloc_sampled(ptr, layout, new_size, this, state) };
-        }
-        // SAFETY: the caller guarantees `realloc`'s contract for `ptr`,
-        // `layout` and `new_size`; we forward them unchanged.
-        let new_ptr = unsafe { this.inner.realloc(ptr, layout, new_size) };
-        if crate::profile::hooks::realloc_due(layout.size(), new_size) {
-            return Self::realloc_sampled_after(ptr, new_ptr, layout, new_size, this);
-        }
-        // SAFETY: as in `alloc_lean`.
-        let slot = unsafe { &*state.slot.get() };
-        this.count_realloc(Some(slot), false, ptr, new_ptr, layout, new_size)
-    }
-
-    /// A lean-path `realloc` of a block the profiler may track: the block
-    /// leaves the profiler's tables before the inner call, and the second
-    /// half runs after it, null included.
+    /// A diverted fast-path `realloc` of a block the profiler may track: the
+    /// block leaves the profiler's tables before the inner call, and goes
+    /// back (moved, and its growth perhaps sampled) after it, null included.
     #[cold]
     #[inline(never)]
     unsafe fn realloc_sampled(
@@ -707,30 +694,20 @@ impl<A: GlobalAlloc> Heapprobe<A> {
         // SAFETY: the caller guarantees `realloc`'s contract for `ptr`,
         // `layout` and `new_size`; we forward them unchanged.
         let new_ptr = unsafe { this.inner.realloc(ptr, layout, new_size) };
-        if crate::profile::hooks::realloc_due(layout.size(), new_size) {
-            return Self::realloc_sampled_after(ptr, new_ptr, layout, new_size, this);
-        }
-        // SAFETY: as in `alloc_lean`.
+        // SAFETY: as in `dealloc_sampled`.
         let slot = unsafe { &*state.slot.get() };
-        this.count_realloc(Some(slot), false, ptr, new_ptr, layout, new_size)
-    }
-
-    /// The rest of a lean-path `realloc` that the profiler samples or
-    /// re-lists (its block was tracked): the sampled work, then the counting.
-    #[cold]
-    #[inline(never)]
-    fn realloc_sampled_after(ptr: *mut u8, new_ptr: *mut u8, layout: Layout, new_size: usize, this: &Self) -> *mut u8 {
-        // The thread qualified for the lean path when the call began, and
-        // nothing since changed its fast word.
-        let Some(state) = thread::current() else { return new_ptr };
-        // SAFETY: `current` returns this thread's live thread-local.
-        let state = unsafe { &*state };
+        let old_size = layout.size();
+        let growth = new_size.saturating_sub(old_size) as u64;
         profiler_busy(state, || {
-            crate::profile::hooks::sampled_realloc_entry(this, ptr, new_ptr, layout.size(), new_size)
+            // The countdown of `count_realloc`, done here before the counting.
+            let total = slot.tally.bytes_allocated().wrapping_add(growth);
+            let rate = match new_ptr.is_null() || growth == 0 || total <= slot.sample_at.load(Relaxed) {
+                true => None,
+                false => crate::profile::hooks::slot_crossed(&slot.sample_at, total, growth),
+            };
+            crate::profile::hooks::fast_sampled_realloc(this, ptr, new_ptr, old_size, new_size, rate);
         });
-        // SAFETY: as in `alloc_lean`.
-        let slot = unsafe { &*state.slot.get() };
-        this.count_realloc(Some(slot), false, ptr, new_ptr, layout, new_size)
+        this.count_realloc(Some(slot), false, false, ptr, new_ptr, layout, new_size)
     }
 
     /// `alloc` or `alloc_zeroed` on the slow path.
@@ -751,7 +728,12 @@ impl<A: GlobalAlloc> Heapprobe<A> {
         if crate::profile::active() {
             crate::profile::hooks::on_alloc(this, ptr, layout.size());
         }
-        let ptr = this.count_alloc(slow.slot, slow.in_scope(), ptr, layout);
+        let ptr = this.count_alloc(slow.slot, slow.in_scope(), false, ptr, layout);
+        // The profiler's hook sampled these bytes with the thread's own
+        // countdown: the fast path's waits (`slot_defer`).
+        if let (Some(slot), false) = (slow.slot, ptr.is_null()) {
+            crate::profile::hooks::slot_defer(&slot.sample_at, layout.size() as u64);
+        }
         this.leave_slow(&slow);
         ptr
     }
@@ -805,7 +787,11 @@ impl<A: GlobalAlloc> Heapprobe<A> {
         if profiling {
             crate::profile::hooks::on_realloc(this, ptr, new_ptr, layout.size(), new_size);
         }
-        let new_ptr = this.count_realloc(slow.slot, slow.in_scope(), ptr, new_ptr, layout, new_size);
+        let new_ptr = this.count_realloc(slow.slot, slow.in_scope(), false, ptr, new_ptr, layout, new_size);
+        // As in `alloc_slow`.
+        if let (Some(slot), false) = (slow.slot, new_ptr.is_null()) {
+            crate::profile::hooks::slot_defer(&slot.sample_at, new_size.saturating_sub(layout.size()) as u64);
+        }
         this.leave_slow(&slow);
         new_ptr
     }
@@ -814,16 +800,30 @@ impl<A: GlobalAlloc> Heapprobe<A> {
 impl<A> Drop for Heapprobe<A> {
     /// Leaves the profiler's registry (a `static` never drops).
     fn drop(&mut self) {
-        unregister(&self.key);
+        unregister(&self.switch);
     }
 }
 
+/// What the profiler's switch reaches of an instance, whatever its inner
+/// allocator: the key of `dealloc` and `realloc`, and the slots, whose
+/// countdowns it resets.
+pub(crate) struct Switch {
+    /// What a thread's fast word must equal for the fast path of `dealloc`
+    /// and `realloc`: `Heapprobe::key`, with [`DIVERTED`] set while the
+    /// profiler is on, which sends a thread that would have matched through
+    /// the profiler's free check (`Heapprobe::free_state`). Read by every
+    /// free, written when the profiler starts or stops.
+    free_key: AtomicUsize,
+    /// Per-thread counters, in blocks mapped on demand.
+    slots: Slots,
+}
+
 /// How many instances [`divert_all`] can reach. Others never take the fast
-/// path (their key stays 0), so the profiler still sees all their calls.
+/// path (their keys stay 0), so the profiler still sees all their calls.
 const REGISTRY: usize = 64;
 
-/// The keys of the instances that took the fast path, for [`divert_all`].
-static KEYS: [AtomicPtr<AtomicUsize>; REGISTRY] = [const { AtomicPtr::new(core::ptr::null_mut()) }; REGISTRY];
+/// The instances that took the fast path, for [`divert_all`] and [`resample_all`].
+static KEYS: [AtomicPtr<Switch>; REGISTRY] = [const { AtomicPtr::new(core::ptr::null_mut()) }; REGISTRY];
 /// Whether every registered instance is diverted (written under [`SWITCH`]).
 static DIVERT_ALL: AtomicBool = AtomicBool::new(false);
 /// Serialises [`divert_all`] and [`unregister`]. Never taken on the
@@ -851,11 +851,29 @@ pub(crate) fn divert_all(change: impl FnOnce() -> bool) {
     }
     DIVERT_ALL.store(on, SeqCst);
     for entry in &KEYS {
-        let key = entry.load(SeqCst);
-        if !key.is_null() {
-            // SAFETY: registered keys belong to live instances: `Drop`
+        let switch = entry.load(SeqCst);
+        if !switch.is_null() {
+            // SAFETY: registered switches belong to live instances: `Drop`
             // unregisters under `SWITCH`, which this thread holds.
-            set_diverted(unsafe { &*key }, on);
+            set_diverted(unsafe { &(*switch).free_key }, on);
+        }
+    }
+}
+
+/// Resets every registered instance's slots to "decide again" (0), after
+/// the global profiler started or stopped (a new `EPOCH`): each thread's
+/// next fast-path allocation calls the profiler, which draws a new gap at
+/// the new rate, or stops its countdown (`profile::hooks::slot_crossed`).
+/// Slots claimed later start at 0 themselves (`Slot::start_owner`).
+pub(crate) fn resample_all() {
+    let _switch = SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for entry in &KEYS {
+        let switch = entry.load(SeqCst);
+        // SAFETY: as in `divert_all`.
+        if let Some(switch) = unsafe { switch.as_ref() } {
+            for slot in switch.slots.iter() {
+                slot.sample_at.store(0, SeqCst);
+            }
         }
     }
 }
@@ -866,23 +884,23 @@ pub(crate) fn diverting() -> bool {
     DIVERT_ALL.load(SeqCst)
 }
 
-/// Adds `key` to the registry (once); false if the registry is full.
+/// Adds `switch` to the registry (once); false if the registry is full.
 /// Lock-free: it runs on the allocator path (a thread's first call).
 ///
 /// # Safety
-/// `key` must stay valid until [`unregister`] removes it.
-unsafe fn register(key: &AtomicUsize) -> bool {
-    let ptr = key as *const AtomicUsize as *mut AtomicUsize;
+/// `switch` must stay valid until [`unregister`] removes it.
+unsafe fn register(switch: &Switch) -> bool {
+    let ptr = switch as *const Switch as *mut Switch;
     if KEYS.iter().any(|entry| entry.load(SeqCst) == ptr) {
         return true;
     }
     // Two threads binding the instance's first threads at once may both
-    // add it: one key listed twice is diverted twice, harmlessly.
+    // add it: one listed twice is diverted twice, harmlessly.
     KEYS.iter().any(|entry| entry.compare_exchange(core::ptr::null_mut(), ptr, SeqCst, SeqCst).is_ok())
 }
 
-fn unregister(key: &AtomicUsize) {
-    let ptr = key as *const AtomicUsize as *mut AtomicUsize;
+fn unregister(switch: &Switch) {
+    let ptr = switch as *const Switch as *mut Switch;
     if !KEYS.iter().any(|entry| entry.load(SeqCst) == ptr) {
         return;
     }
@@ -922,37 +940,48 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(state) = self.fast_state() else {
             // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::alloc_lean(layout, false, self) };
+            return unsafe { Self::alloc_slow(layout, false, self) };
         };
-        // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
-        let ptr = unsafe { self.inner.alloc(layout) };
+        // Before the inner call (which cannot change it: the slot of a
+        // thread on the fast path changes only on the slow path), so that
+        // the slot is what stays in a register across it, not the way to
+        // the thread-local: one instruction less.
         // SAFETY: the fast word matched this instance, so `slot` is the
         // thread's live slot in it (`ThreadState::fast`'s invariant).
         let slot = unsafe { &*state.slot.get() };
-        self.count_alloc(Some(slot), false, ptr, layout)
+        // SAFETY: forwarded with the caller's layout, which meets `alloc`'s contract.
+        let ptr = unsafe { self.inner.alloc(layout) };
+        self.count_alloc(Some(slot), false, true, ptr, layout)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let Some(state) = self.fast_state() else {
             // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::alloc_lean(layout, true, self) };
+            return unsafe { Self::alloc_slow(layout, true, self) };
         };
-        // SAFETY: forwarded with the caller's layout, which meets `alloc_zeroed`'s contract.
-        let ptr = unsafe { self.inner.alloc_zeroed(layout) };
         // SAFETY: as in `alloc`.
         let slot = unsafe { &*state.slot.get() };
-        self.count_alloc(Some(slot), false, ptr, layout)
+        // SAFETY: forwarded with the caller's layout, which meets `alloc_zeroed`'s contract.
+        let ptr = unsafe { self.inner.alloc_zeroed(layout) };
+        self.count_alloc(Some(slot), false, true, ptr, layout)
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // Bookkeeping first, so that the call to `inner` is a tail call.
-        let Some(state) = self.fast_state() else {
+        let Some((state, diverted)) = self.free_state() else {
             // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::dealloc_lean(ptr, layout, self) };
+            return unsafe { Self::dealloc_slow(ptr, layout, self) };
         };
-        // SAFETY: as in `alloc`.
+        // The profiler is on: a block it may track leaves its tables first.
+        if diverted && crate::profile::hooks::free_due(ptr) {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::dealloc_sampled(ptr, layout, self, state) };
+        }
+        // SAFETY: the fast word matched this instance's free key, but for
+        // the diversion bit: `slot` is the thread's live slot in it
+        // (`ThreadState::fast`'s invariant).
         let slot = unsafe { &*state.slot.get() };
         if self.count_dealloc(Some(slot), false, ptr, layout) {
             // SAFETY: the caller's contract, forwarded.
@@ -965,16 +994,21 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Heapprobe<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some(state) = self.fast_state() else {
+        let Some((state, diverted)) = self.free_state() else {
             // SAFETY: the caller's contract, forwarded.
-            return unsafe { Self::realloc_lean(ptr, layout, new_size, self) };
+            return unsafe { Self::realloc_slow(ptr, layout, new_size, self) };
         };
+        // As in `dealloc`.
+        if diverted && crate::profile::hooks::free_due(ptr) {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe { Self::realloc_sampled(ptr, layout, new_size, self, state) };
+        }
         // SAFETY: the caller guarantees `realloc`'s contract for `ptr`,
         // `layout` and `new_size`; we forward them unchanged.
         let new_ptr = unsafe { self.inner.realloc(ptr, layout, new_size) };
-        // SAFETY: as in `alloc`.
+        // SAFETY: as in `dealloc`.
         let slot = unsafe { &*state.slot.get() };
-        self.count_realloc(Some(slot), false, ptr, new_ptr, layout, new_size)
+        self.count_realloc(Some(slot), false, true, ptr, new_ptr, layout, new_size)
     }
 }
 
@@ -1051,8 +1085,8 @@ mod tests {
             assert_eq!(PROBE.reentrant_calls(), 2);
             PROBE.divert(true);
             assert!(PROBE.diverted());
-            // Diverted, on the lean path (the fast path's counting plus the
-            // profiler's checks): like the fast path, counted, not flagged.
+            // Frees diverted (the profiler's free check on the fast path's
+            // branch for diverted calls): counted, not flagged.
             pair();
             assert_eq!(PROBE.reentrant_calls(), 2);
             // Diverted inside a measured scope: the slow path, flagged.
@@ -1073,7 +1107,7 @@ mod tests {
 
     static MARKED: Heapprobe<System> = Heapprobe::new(System);
 
-    /// The lean path runs the profiler's sampled work with the thread marked
+    /// The fast path runs the profiler's sampled work with the thread marked
     /// inside an allocator call: an allocation made there is re-entrant and
     /// counted as such (positive control: the same call unmarked is not).
     #[test]

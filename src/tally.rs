@@ -95,6 +95,12 @@ impl Tally {
         bump(&self.bytes_allocated, size as u64, writer);
     }
 
+    /// Bytes allocated so far (realloc growth included), cumulative.
+    #[inline(always)]
+    pub(crate) fn bytes_allocated(&self) -> u64 {
+        self.bytes_allocated.load(Relaxed)
+    }
+
     /// The second half of [`allocated`](Self::allocated): the size
     /// histogram, which is also the count of allocations.
     #[inline(always)]
@@ -228,6 +234,15 @@ pub(crate) struct Slot {
     pub(crate) baseline_net: AtomicI64,
     /// The block holding this slot, set before the block is published.
     block: AtomicPtr<Block>,
+    /// The in-process profiler's next sample, as a value of the cumulative
+    /// `tally.bytes_allocated`: the fast path's allocation that takes the
+    /// bytes above it calls the profiler (`Heapprobe::alloc_crossed`).
+    /// `u64::MAX` (never) while the profiler is off; 0 (the next
+    /// allocation) when the owner must decide again: a new owner, or the
+    /// profiler started or stopped (`crate::alloc::resample_all`, the only
+    /// writer other than the owner). The owner writes it only off the fast
+    /// path, in `profile::hooks::slot_crossed`.
+    pub(crate) sample_at: AtomicU64,
 }
 
 impl Slot {
@@ -307,6 +322,8 @@ impl Slot {
         self.thread_carry.store(net, Relaxed);
         self.scope_carry.store(net, Relaxed);
         self.scope_depth.store(0, Relaxed);
+        // The new owner decides on its first fast-path allocation.
+        self.sample_at.store(0, SeqCst);
     }
 
     /// Gives the slot back (its owner thread is exiting), keeping its counts

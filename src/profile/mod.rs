@@ -1,10 +1,11 @@
 //! The in-process sampling heap profiler: allocation flame graphs without
 //! root, perf or a rebuild.
 //!
-//! Off by default, and then free: it has no instruction on the allocator's
-//! fast path. While it runs, every `Heapprobe` instance is diverted off its
-//! fast path to a lean path that adds the profiler's checks to the same
-//! counting. Once started ([`Heapprobe::start_profiler`], or the
+//! Off by default, and then nearly free: one compare on the allocator's
+//! fast path (an allocation's cumulative bytes against the slot's next
+//! sample, `u64::MAX` while off). While it runs, allocations stay on the
+//! fast path, and frees and reallocs are diverted through a check of the
+//! free filter, on the fast path's branch for diverted calls. Once started ([`Heapprobe::start_profiler`], or the
 //! [`HEAPPROBE_PROFILE`](ENV_VAR) environment variable), each thread counts
 //! down the bytes it allocates and takes a sample when an exponentially
 //! distributed gap of mean [`Options::rate`] runs out (512 KiB by default,
@@ -78,14 +79,14 @@ use crate::stats::Stats;
 
 pub(crate) use self::sampler::active;
 
-/// The hooks `src/alloc.rs` calls while [`active`] is true: on its slow
-/// path, `on_*`; on its lean path (a diverted thread otherwise fit for the
-/// fast path), the inline `*_due` checks and, when one says so, the
-/// sampled work.
+/// The hooks `src/alloc.rs` calls: on its slow path while [`active`] is
+/// true, `on_*`; on its fast path, `slot_crossed` when an allocation passes
+/// the slot's next sample, the inline `free_due` on a diverted free or
+/// realloc, and the sampled work when one of them says so.
 pub(crate) mod hooks {
     pub(crate) use super::sampler::{
-        alloc_due, detach, free_due, freed, on_alloc, on_dealloc, on_realloc, on_realloc_start, realloc_due,
-        sampled_alloc_entry, sampled_realloc_entry,
+        detach, fast_sampled_alloc, fast_sampled_realloc, free_due, freed, on_alloc, on_dealloc, on_realloc,
+        on_realloc_start, slot_crossed, slot_defer,
     };
 }
 

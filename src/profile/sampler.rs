@@ -1,11 +1,13 @@
 //! The sampler: each thread's byte countdown, the hooks the allocator calls
 //! while the profiler is active, and the global profile's state.
 //!
-//! Per call, an active profiler costs the allocator's lean path a few
-//! inline instructions here: `alloc` subtracts the size from the thread's
-//! countdown and compares it with 0 (and the thread's epoch with the
-//! profiler's); `dealloc` hashes the address and loads one byte of the free
-//! filter. The slow path calls the `on_*` hooks, which do the same plus the
+//! Per call, an active profiler costs the allocator's fast path a few
+//! inline instructions: `alloc` compares its slot's cumulative allocated
+//! bytes with the slot's next sample (a compare it makes while the profiler
+//! is off too, against `u64::MAX`), and calls [`slot_crossed`] when they
+//! pass it; `dealloc` (diverted while the profiler is on) hashes the
+//! address and loads one byte of the free filter. The slow path calls the
+//! `on_*` hooks, which keep a countdown of their own per thread plus the
 //! scope checks. Everything else happens on
 //! the sampled path, which never allocates, never takes a lock that the
 //! allocator itself may hold, and is skipped if the thread is already inside it.
@@ -22,9 +24,10 @@ use crate::probes;
 use crate::stats::Stats;
 
 /// 1 while the global profiler runs, plus one per open scoped profile.
-/// The allocator calls the hooks only while this is not 0, and every
-/// `Heapprobe` instance is diverted to its slow path (where the hooks are)
-/// while it is not 0: change it only through [`users_change`].
+/// The allocator's slow path calls the hooks only while this is not 0, and
+/// every `Heapprobe` instance's frees and reallocs are diverted (through
+/// the free filter's check) while it is not 0: change it only through
+/// [`users_change`].
 pub(crate) static USERS: AtomicU32 = AtomicU32::new(0);
 /// Changes whenever the global profiler starts or stops, so that every
 /// thread draws a new countdown on its next call.
@@ -55,7 +58,7 @@ pub(crate) fn active() -> bool {
 }
 
 /// Adds or removes a user of the hooks, and diverts every `Heapprobe`
-/// instance while there is one (restores them when the last one leaves), as
+/// instance's frees and reallocs while there is one (restores them when the last one leaves), as
 /// one step with respect to other changes (`crate::alloc::divert_all`).
 fn users_change(add: bool) {
     crate::alloc::divert_all(|| {
@@ -83,10 +86,18 @@ pub(crate) struct ScopeState {
 
 /// What a thread knows about its sampling. Const-initialised, no destructor.
 pub(crate) struct ThreadProf {
-    /// Bytes left before the next sample (the lean path's countdown).
+    /// Bytes left before the next sample (the slow path's countdown; the
+    /// fast path's is its slot's `sample_at`).
     budget: Cell<i64>,
     /// `EPOCH` when `budget` was drawn.
     epoch: Cell<u32>,
+    /// `EPOCH` when `rng` was seeded.
+    seeded: Cell<u32>,
+    /// What this thread last stored in its slot's `sample_at` (the fast
+    /// path's countdown, [`slot_crossed`]), and under which `EPOCH`: a
+    /// crossing is genuine only if the slot still holds it.
+    slot_next: Cell<u64>,
+    slot_epoch: Cell<u32>,
     /// The global countdown while a scope forces every call onto the slow path.
     global_budget: Cell<i64>,
     rng: Cell<u64>,
@@ -107,6 +118,9 @@ std::thread_local! {
         ThreadProf {
             budget: Cell::new(0),
             epoch: Cell::new(0),
+            seeded: Cell::new(0),
+            slot_next: Cell::new(0),
+            slot_epoch: Cell::new(0),
             global_budget: Cell::new(0),
             rng: Cell::new(0),
             busy: Cell::new(false),
@@ -342,9 +356,11 @@ pub(crate) fn start(options: &Options, source: Source, baseline: Stats) -> Resul
         SEED.store(options.seed.unwrap_or(0), Relaxed);
         HAS_SEED.store(options.seed.is_some(), Relaxed);
         THREAD_SEQ.store(0, Relaxed);
-        RATE.store(rate, Relaxed);
-        EPOCH.fetch_add(1, Release);
+        RATE.store(rate, SeqCst);
+        EPOCH.fetch_add(1, SeqCst);
         users_change(true);
+        // Every thread's fast path decides again on its next allocation.
+        crate::alloc::resample_all();
         Ok(())
     })?;
     // The heap summary at exit (HEAPPROBE_SUMMARY=1) now lists the top
@@ -356,11 +372,12 @@ pub(crate) fn start(options: &Options, source: Source, baseline: Stats) -> Resul
 /// Stops the global profiler; its tables keep what they hold.
 pub(crate) fn stop() -> bool {
     GLOBAL.with(|_| {
-        if RATE.swap(0, Relaxed) == 0 {
+        if RATE.swap(0, SeqCst) == 0 {
             return false;
         }
-        EPOCH.fetch_add(1, Release);
+        EPOCH.fetch_add(1, SeqCst);
         users_change(false);
+        crate::alloc::resample_all();
         true
     })
 }
@@ -409,6 +426,15 @@ fn seed_thread(t: &ThreadProf) {
     t.rng.set(z | 1);
 }
 
+/// Seeds the thread's generator once per profiler session (`EPOCH`),
+/// whichever countdown draws first.
+fn seed_once(t: &ThreadProf, epoch: u32) {
+    if t.seeded.get() != epoch {
+        t.seeded.set(epoch);
+        seed_thread(t);
+    }
+}
+
 /// An exponential gap of mean `rate` bytes (0 at rate 1: every call sampled).
 fn draw_gap(t: &ThreadProf, rate: u64) -> i64 {
     if rate <= 1 {
@@ -435,7 +461,7 @@ fn global_decision(t: &ThreadProf, bytes: u64, in_scope: bool) -> Option<u64> {
     if t.epoch.get() != epoch {
         t.epoch.set(epoch);
         if rate != 0 {
-            seed_thread(t);
+            seed_once(t, epoch);
             left = draw_gap(t, rate).wrapping_sub(bytes as i64);
         }
     }
@@ -502,7 +528,7 @@ pub(crate) fn on_alloc<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
 #[inline(never)]
 pub(crate) fn sampled_alloc_entry<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize) {
     if let Some(t) = thread() {
-        sampled_alloc(t, Source::of(heap), ptr as usize, size as u64);
+        sampled_alloc(t, Source::of(heap), ptr as usize, size as u64, None);
     }
 }
 
@@ -540,18 +566,21 @@ pub(crate) fn on_realloc<A>(heap: &Heapprobe<A>, old: *mut u8, new: *mut u8, old
     let budget = t.budget.get().wrapping_sub(growth as i64);
     t.budget.set(budget);
     if budget < 0 || t.detached.get() || t.epoch.get() != EPOCH.load(Relaxed) {
-        sampled_realloc(t, Source::of(heap), old as usize, new as usize, old_size as u64, new_size as u64);
+        sampled_realloc(t, Source::of(heap), old as usize, new as usize, old_size as u64, new_size as u64, None);
     }
 }
 
+/// Records an allocation: into the global profile if `decided` (the fast
+/// path's countdown, [`slot_crossed`]) or else the thread's own countdown
+/// says it is sampled, and into every scope open on the thread.
 #[inline(never)]
-fn sampled_alloc(t: &'static ThreadProf, source: Source, ptr: usize, size: u64) {
+fn sampled_alloc(t: &'static ThreadProf, source: Source, ptr: usize, size: u64, decided: Option<Option<u64>>) {
     if ptr == 0 {
         return;
     }
     let Some(_busy) = Busy::enter(t) else { return };
     let scope = t.scope.get();
-    let global = global_decision(t, size, !scope.is_null());
+    let global = decided.unwrap_or_else(|| global_decision(t, size, !scope.is_null()));
     if global.is_none() && scope.is_null() {
         return;
     }
@@ -614,67 +643,140 @@ pub(crate) fn detach(ptr: usize) {
     t.detached.set(true);
 }
 
-/// The sampled half of [`on_realloc`], for the lean path (which did the
-/// countdown itself, [`realloc_due`]).
+// ---- the fast path's countdown ----
+//
+// `src/alloc.rs` keeps every thread that is bound to the instance, has no
+// measured scope open (so no scoped profile either) and is not inside an
+// allocator call on its fast path while the profiler runs. Allocations are
+// not diverted: the fast path compares its slot's cumulative allocated
+// bytes with the slot's `sample_at` (`u64::MAX` while the profiler is off)
+// and calls [`slot_crossed`] when they pass it. Frees and reallocs are
+// diverted, and check the free filter ([`free_due`]) on the fast path's
+// branch for diverted calls. The sampled work (`fast_sampled_*`, `freed`,
+// `detach`) runs out of line with the thread marked busy.
+
+/// The fast path's countdown ran out: `total` (the slot's cumulative
+/// allocated bytes, `bytes` of them just now) passed `sample_at`. Decides
+/// whether those bytes are sampled, returning the rate if so, and stores
+/// the next threshold. Owner only; never allocates.
+///
+/// A crossing is genuine only if `sample_at` still holds what this thread
+/// stored, under the same profiler session. Otherwise (a new owner, or the
+/// profiler started or stopped and reset it to 0) the thread draws a fresh
+/// exponential gap for these bytes: sampling is memoryless, so a fresh
+/// draw at any point samples each byte with the same probability.
+///
+/// The profiler's start and stop change `EPOCH` and then reset every slot
+/// to 0 ([`crate::alloc::resample_all`]); this stores its threshold and
+/// then reads `EPOCH` again (all `SeqCst`). If the session changed after it
+/// read it, it resets the slot itself: either way a change is never lost.
 #[inline(never)]
-pub(crate) fn sampled_realloc_entry<A>(
+pub(crate) fn slot_crossed(sample_at: &AtomicU64, total: u64, bytes: u64) -> Option<u64> {
+    let observed = sample_at.load(SeqCst);
+    let epoch = EPOCH.load(SeqCst);
+    let rate = RATE.load(SeqCst);
+    let Some(t) = thread() else {
+        sample_at.store(u64::MAX, SeqCst);
+        return None;
+    };
+    let (sampled, next) = if rate == 0 {
+        (false, u64::MAX)
+    } else if t.slot_epoch.get() == epoch && observed == t.slot_next.get() && observed != 0 {
+        seed_once(t, epoch);
+        (bytes != 0, total.saturating_add(draw_gap(t, rate) as u64))
+    } else {
+        seed_once(t, epoch);
+        let gap = draw_gap(t, rate) as u64;
+        if bytes != 0 && bytes > gap {
+            (true, total.saturating_add(draw_gap(t, rate) as u64))
+        } else {
+            // The gap starts with these bytes, which do not reach it.
+            (false, total.wrapping_sub(bytes).saturating_add(gap))
+        }
+    };
+    // Never 0 (the reset) and never below `total` (at rate 1 the gap is
+    // 0: the next allocation passes it).
+    let next = next.max(1);
+    t.slot_epoch.set(epoch);
+    t.slot_next.set(next);
+    sample_at.store(next, SeqCst);
+    if EPOCH.load(SeqCst) != epoch {
+        sample_at.store(0, SeqCst);
+    }
+    sampled.then_some(rate)
+}
+
+/// The slow path counted `bytes` more in the slot's allocated bytes (the
+/// thread's own countdown, in the `on_*` hooks, samples them): moves the
+/// slot's next sample up as much, so that the fast path's countdown waits
+/// meanwhile rather than being spent, and its next crossing is still
+/// genuine. Owner only. Only a threshold this thread stored is moved: a
+/// reset (0), never (`u64::MAX`), or a reset that the profiler makes
+/// meanwhile (the compare-exchange fails) is left alone.
+pub(crate) fn slot_defer(sample_at: &AtomicU64, bytes: u64) {
+    let Some(t) = thread() else { return };
+    let next = t.slot_next.get();
+    if bytes == 0 || next == 0 || next == u64::MAX {
+        return;
+    }
+    let moved = next.saturating_add(bytes).min(u64::MAX - 1);
+    if sample_at.compare_exchange(next, moved, SeqCst, SeqCst).is_ok() {
+        t.slot_next.set(moved);
+    }
+}
+
+/// A fast-path allocation that [`slot_crossed`] sampled at `rate`.
+#[inline(never)]
+pub(crate) fn fast_sampled_alloc<A>(heap: &Heapprobe<A>, ptr: *mut u8, size: usize, rate: u64) {
+    if let Some(t) = thread() {
+        sampled_alloc(t, Source::of(heap), ptr as usize, size as u64, Some(Some(rate)));
+    }
+}
+
+/// A fast-path realloc whose growth [`slot_crossed`] sampled (`rate`), or
+/// whose block [`detach`] took out of the tables, or both.
+#[inline(never)]
+pub(crate) fn fast_sampled_realloc<A>(
     heap: &Heapprobe<A>,
     old: *mut u8,
     new: *mut u8,
     old_size: usize,
     new_size: usize,
+    rate: Option<u64>,
 ) {
     if let Some(t) = thread() {
-        sampled_realloc(t, Source::of(heap), old as usize, new as usize, old_size as u64, new_size as u64);
+        sampled_realloc(t, Source::of(heap), old as usize, new as usize, old_size as u64, new_size as u64, Some(rate));
     }
 }
 
-// ---- the lean path's inline checks ----
-//
-// `src/alloc.rs` takes a lean path for a diverted thread that is bound to
-// the instance, has no measured scope open (so no scoped profile either)
-// and is not inside an allocator call: the fast path's counting plus these
-// checks, inline; the sampled work (the `*_entry` functions, `freed`,
-// `detach`) runs out of line with the thread marked busy.
-
-/// After an allocation of `bytes` on the lean path: whether the sampled
-/// path must run ([`sampled_alloc_entry`]). The same countdown as [`on_alloc`].
-#[inline(always)]
-pub(crate) fn alloc_due(bytes: usize) -> bool {
-    let Some(t) = thread() else { return false };
-    let budget = t.budget.get().wrapping_sub(bytes as i64);
-    t.budget.set(budget);
-    budget < 0 || t.epoch.get() != EPOCH.load(Relaxed)
-}
-
-/// After a realloc from `old_size` to `new_size` bytes on the lean path:
-/// whether the sampled path must run ([`sampled_realloc_entry`]). The same
-/// test as [`on_realloc`].
-#[inline(always)]
-pub(crate) fn realloc_due(old_size: usize, new_size: usize) -> bool {
-    let Some(t) = thread() else { return false };
-    let growth = new_size.saturating_sub(old_size);
-    let budget = t.budget.get().wrapping_sub(growth as i64);
-    t.budget.set(budget);
-    budget < 0 || t.detached.get() || t.epoch.get() != EPOCH.load(Relaxed)
-}
-
-/// Before a free (or the first half of a realloc) on the lean path: whether
-/// the block may be in the global table, so that [`freed`] (or [`detach`])
-/// must run. No scope can be open on a thread on the lean path.
+/// Before a diverted free (or the first half of a realloc) on the fast
+/// path: whether the block may be in the global table, so that [`freed`]
+/// (or [`detach`]) must run. No scope can be open on a thread on the fast
+/// path.
 #[inline(always)]
 pub(crate) fn free_due(ptr: *mut u8) -> bool {
     store::filter_maybe(ptr as usize)
 }
 
+/// Records a realloc: re-lists a block that [`detach`] took out, and
+/// records the growth if `decided` (the fast path's countdown,
+/// [`slot_crossed`]) or else the thread's own countdown says so.
 #[inline(never)]
-fn sampled_realloc(t: &'static ThreadProf, source: Source, old: usize, new: usize, old_size: u64, new_size: u64) {
+fn sampled_realloc(
+    t: &'static ThreadProf,
+    source: Source,
+    old: usize,
+    new: usize,
+    old_size: u64,
+    new_size: u64,
+    decided: Option<Option<u64>>,
+) {
     t.detached.set(false);
     let detached = t.detached_global.take();
     let Some(_busy) = Busy::enter(t) else { return };
     let scope = t.scope.get();
     let growth = new_size.saturating_sub(old_size);
-    let global = global_decision(t, growth, !scope.is_null());
+    let global = decided.unwrap_or_else(|| global_decision(t, growth, !scope.is_null()));
     if global.is_none() && detached.is_none() && scope.is_null() {
         return;
     }

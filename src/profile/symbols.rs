@@ -58,7 +58,7 @@ pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
 }
 
 /// Whether a frame is the profiler's own (or its unwinder's, or the
-/// wrapper's lean or slow path that called it): these sit above the
+/// wrapper's cold or slow path that called it): these sit above the
 /// allocator's entry (`<heapprobe::alloc::Heapprobe<A> as GlobalAlloc>::alloc`,
 /// which stays) in every captured stack and are left out, so that a stack
 /// reads the same whichever path sampled it.
