@@ -138,6 +138,7 @@ fn build_variants(root: &Path, target_dir: &Path) -> Result<BTreeMap<String, Pat
         .arg(&manifest)
         .arg("--target-dir")
         .arg(target_dir)
+        .env("RUSTFLAGS", variants_rustflags())
         .stderr(Stdio::inherit());
     eprintln!("building the variants: {cmd:?}");
     let out = cmd.output().map_err(|e| format!("failed to run {cmd:?}: {e}"))?;
@@ -155,6 +156,16 @@ fn build_variants(root: &Path, target_dir: &Path) -> Result<BTreeMap<String, Pat
         }
     }
     Ok(binaries)
+}
+
+/// The variants' RUSTFLAGS: the caller's, and every loop aligned to 64
+/// bytes, so that a workload's time does not depend on where the linker put
+/// its loop. (Unaligned, one line more in a variant's `main` moved the Vec
+/// growth loop and its time by 30%, same instructions.) `cargo bench --bench
+/// profile -- peers` builds the same binaries with the same flags.
+fn variants_rustflags() -> String {
+    let theirs = std::env::var("RUSTFLAGS").unwrap_or_default();
+    format!("{theirs} -C llvm-args=-align-loops=64").trim().to_owned()
 }
 
 /// Instructions callgrind counted inside `hp_bench_<workload>` for `n` repetitions.

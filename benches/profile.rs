@@ -212,6 +212,13 @@ fn peers(rounds: usize) {
         .arg(root.join("benches/variants/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target)
+        // As benches/instructions.rs builds them (the same binaries): every
+        // loop aligned to 64 bytes, so that a workload's time does not
+        // depend on where the linker put its loop.
+        .env(
+            "RUSTFLAGS",
+            format!("{} -C llvm-args=-align-loops=64", std::env::var("RUSTFLAGS").unwrap_or_default()).trim(),
+        )
         .status()
         .expect("run cargo build for benches/variants");
     assert!(status.success(), "cargo build of benches/variants exited with {status}");
