@@ -301,6 +301,17 @@ fn run_script(exe: &Path, script: &str, args: &[&str], end: End) -> (Traced, Rep
         End::CtrlC => tracer.interrupt_and_finish(),
         End::Duration => tracer.finish(),
         End::PidExit => {
+            if rate {
+                // bpftrace 0.17 can lose END's output (the last line and
+                // TOTAL; its maps then print raw) when the process exits
+                // within milliseconds of an interval tick: 3 of 6 runs
+                // beside a busy loop, where the handshake above put the exit
+                // right after the tick it waited for. Half a second after
+                // the next tick, the exit is clear of both ticks. Not a
+                // handshake: nothing of bpftrace's says it is ready.
+                tracer.wait_for("rate.bt's per-second line after the workload", is_time_line);
+                std::thread::sleep(Duration::from_millis(500));
+            }
             fixture.exit();
             tracer.finish()
         }
@@ -572,7 +583,8 @@ fn rate_lines_add_up_and_it_ends_when_the_pid_exits() {
     assert_eq!(report["allocations"], ALLOCS);
     let numbers = |l: &str| -> Vec<i64> { l.split_whitespace().skip(1).map(|n| n.parse().unwrap()).collect() };
     let seconds: Vec<Vec<i64>> = out.stdout.lines().filter(|l| is_time_line(l)).map(numbers).collect();
-    let total = out.stdout.lines().find(|l| l.starts_with("TOTAL")).map(numbers).expect("TOTAL line");
+    let total = out.stdout.lines().find(|l| l.starts_with("TOTAL")).map(numbers);
+    let total = total.unwrap_or_else(|| panic!("no TOTAL line:\n{}\nstderr:\n{}", out.stdout, out.stderr));
     let sum: Vec<i64> = (0..6).map(|i| seconds.iter().map(|s| s[i]).sum()).collect();
     let ints = |v: u64| i64::try_from(v).unwrap();
     let expected = vec![
