@@ -59,6 +59,8 @@
 //! }
 //! ```
 
+#[cfg(all(feature = "profile", target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+mod eh;
 mod env;
 mod options;
 #[cfg(feature = "pprof")]

@@ -255,11 +255,15 @@ impl Profile {
         self.rate
     }
 
-    /// How stacks were captured: `"frame pointers"` or `".eh_frame"`.
+    /// How stacks were captured: `"frame pointers"`, or `".eh_frame (DWARF
+    /// unwinding, …)"` with heapprobe's own unwinder (its rules cached) or
+    /// libgcc's where that one is not available (not x86_64 Linux with
+    /// glibc 2.35 or later, or calibration found it wrong).
     pub fn unwinder(&self) -> &'static str {
         match self.method {
             Method::FramePointers => "frame pointers",
-            Method::Dwarf => ".eh_frame (DWARF unwinding)",
+            Method::Dwarf if super::stack::fast_unwinder() => ".eh_frame (DWARF unwinding, cached rules)",
+            Method::Dwarf => ".eh_frame (DWARF unwinding, libgcc)",
         }
     }
 
@@ -841,6 +845,14 @@ impl fmt::Display for Profile {
             writeln!(
                 f,
                 "  stacks look truncated: {short} of {total} sites do not reach a thread's entry point; {how}"
+            )?;
+        }
+        let gave_up = super::stack::fast_gave_up();
+        if self.method == Method::Dwarf && gave_up > 0 {
+            writeln!(
+                f,
+                "  unwinding: {gave_up} stacks since the process began had a frame heapprobe's unwinder cannot \
+                 follow (a DWARF expression, or outside the thread's stack); libgcc unwound them"
             )?;
         }
         let (mapped, resident) = self.memory;

@@ -485,8 +485,7 @@ fn global_decision(t: &ThreadProf, bytes: u64, in_scope: bool) -> Option<u64> {
 fn capture(t: &ThreadProf, buf: &mut [usize; DEPTH_LIMIT]) -> (usize, u16) {
     let depth = DEPTH.load(Relaxed).clamp(1, DEPTH_LIMIT);
     let method = stack::method();
-    let hi = if method == Method::FramePointers { stack_hi(t) } else { 0 };
-    stack::capture(&mut buf[..depth], method, hi)
+    stack::capture(&mut buf[..depth], method, stack_hi(t))
 }
 
 fn note_stack(store: &mut Store, flags: u16) {
