@@ -62,11 +62,28 @@ pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
 /// allocator's entry (`<heapprobe::alloc::Heapprobe<A> as GlobalAlloc>::alloc`,
 /// which stays) in every captured stack and are left out, so that a stack
 /// reads the same whichever path sampled it.
+///
+/// A build with `debug = "line-tables-only"` names functions without their
+/// path (`capture`, `realloc_crossed`), so a frame is also the profiler's
+/// own when its file is one of heapprobe's sources (as compiled: the path
+/// cargo built this crate from): `src/profile/`, or `src/alloc.rs` other
+/// than the allocator's entries.
 pub(crate) fn is_own(frame: &Frame) -> bool {
     frame.name.starts_with("heapprobe::profile::")
         || frame.name.starts_with("backtrace::")
         || frame.name.starts_with("heapprobe::alloc::Heapprobe<")
         || frame.name.starts_with("heapprobe::alloc::profiler_busy")
+        || is_own_source(frame)
+}
+
+fn is_own_source(frame: &Frame) -> bool {
+    let Some(file) = frame.file.as_deref() else { return false };
+    let Some(source) = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).and_then(|rest| rest.strip_prefix('/')) else {
+        return false;
+    };
+    let entry = frame.name.starts_with("<heapprobe::alloc::Heapprobe")
+        || matches!(frame.name.as_str(), "alloc" | "dealloc" | "realloc" | "alloc_zeroed");
+    source.starts_with("src/profile/") || (source == "src/alloc.rs" && !entry)
 }
 
 /// Whether a frame is allocator machinery (the wrapper, Rust's allocation
@@ -93,4 +110,32 @@ pub(crate) fn site_of(stack: &str) -> String {
     let frames: Vec<&str> = stack.rsplit(';').collect();
     let site = frames.iter().position(|f| !is_machinery(f)).unwrap_or(0);
     frames[site..].iter().take(3).copied().collect::<Vec<_>>().join(" <- ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_own, Frame};
+
+    fn frame(name: &str, source: Option<&str>) -> Frame {
+        Frame { name: name.to_owned(), file: source.map(|s| format!("{}/{s}", env!("CARGO_MANIFEST_DIR"))), line: 1 }
+    }
+
+    /// Names with their paths, and the short names of a line-tables-only
+    /// build, both tell the profiler's frames from the allocator's entry
+    /// and from the user's.
+    #[test]
+    fn own_frames_are_known_by_name_or_by_source() {
+        assert!(is_own(&frame("heapprobe::profile::sampler::sampled_alloc", None)));
+        assert!(is_own(&frame("heapprobe::alloc::Heapprobe<A>::realloc_crossed", None)));
+        assert!(is_own(&frame("capture", Some("src/profile/sampler.rs"))));
+        assert!(is_own(&frame("realloc_crossed", Some("src/alloc.rs"))));
+        assert!(is_own(&frame("profiler_busy", Some("src/alloc.rs"))));
+        assert!(!is_own(&frame("realloc", Some("src/alloc.rs"))));
+        assert!(!is_own(&frame("<heapprobe::alloc::Heapprobe<A> as core::alloc::global::GlobalAlloc>::alloc", None)));
+        assert!(!is_own(&frame("capture", Some("../elsewhere/src/profile/sampler.rs"))));
+        assert!(!is_own(&frame("grow", None)));
+        let mut user = frame("capture", None);
+        user.file = Some("/home/user/app/src/profile/sampler.rs".to_owned());
+        assert!(!is_own(&user));
+    }
 }
