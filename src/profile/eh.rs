@@ -51,7 +51,8 @@ type FindObject = unsafe extern "C" fn(*mut c_void, *mut DlFindObject) -> c_int;
 static FIND: AtomicUsize = AtomicUsize::new(0);
 /// The address ranges whose rules are kept: the module that holds this
 /// code, and libc's (which holds every thread's outermost frames).
-static KEEP: [[AtomicUsize; 2]; 2] = [[AtomicUsize::new(0), AtomicUsize::new(0)], [AtomicUsize::new(0), AtomicUsize::new(0)]];
+static KEEP: [[AtomicUsize; 2]; 2] =
+    [[AtomicUsize::new(0), AtomicUsize::new(0)], [AtomicUsize::new(0), AtomicUsize::new(0)]];
 /// 0: not looked up; 1: usable; 2: not available.
 static STATE: AtomicU8 = AtomicU8::new(0);
 /// Stacks this unwinder handed back to libgcc (a rule it cannot follow).
@@ -399,7 +400,11 @@ mod tests {
                     // above; fast[1] into `deep`, which libgcc reports too.
                     assert!(n_fast > depth + 2, "depth {depth}: only {n_fast} frames");
                     let at = gcc[..n_gcc].iter().position(|&ip| ip == fast[1]).unwrap_or_else(|| {
-                        panic!("depth {depth}: libgcc never returns into `deep` at {:#x}: {:x?}", fast[1], &gcc[..n_gcc])
+                        panic!(
+                            "depth {depth}: libgcc never returns into `deep` at {:#x}: {:x?}",
+                            fast[1],
+                            &gcc[..n_gcc]
+                        )
                     });
                     let n_gcc = gcc[..n_gcc].iter().rposition(|&ip| ip != 0).map_or(0, |i| i + 1);
                     assert_eq!(

@@ -7,9 +7,9 @@ use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 #[cfg(feature = "profile")]
 use super::store::STACK_TRUNCATED;
 
+use super::store::STACK_FP;
 #[cfg(not(feature = "profile"))]
 use super::store::STACK_TRUNCATED;
-use super::store::STACK_FP;
 
 /// The deepest stack the profiler records.
 pub(crate) const DEPTH_LIMIT: usize = 256;
@@ -176,7 +176,6 @@ pub(crate) fn fast_gave_up() -> u64 {
     #[cfg(not(all(feature = "profile", target_os = "linux", target_env = "gnu", target_arch = "x86_64")))]
     0
 }
-
 
 #[cfg(not(feature = "profile"))]
 fn unwind(buf: &mut [usize], stack_hi: usize) -> (usize, u16) {
