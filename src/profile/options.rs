@@ -15,8 +15,10 @@ pub enum Unwinder {
     /// Always walk frame pointers (about 12-130 ns per stack; needs
     /// `RUSTFLAGS="-C force-frame-pointers=yes"` for full stacks).
     FramePointers,
-    /// Always unwind from `.eh_frame` (feature `profile`; microseconds per
-    /// stack, works in any build).
+    /// Always unwind from `.eh_frame` (feature `profile`; works in any
+    /// build). On x86_64 Linux with glibc 2.35+, heapprobe's own unwinder
+    /// with cached rules: about 60 instructions per frame once a frame's
+    /// code was seen. Elsewhere libgcc's: microseconds per stack.
     Dwarf,
 }
 
