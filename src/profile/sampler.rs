@@ -300,6 +300,11 @@ pub(crate) fn ensure_ready() -> Result<(), ProfileError> {
     if !store::filter_init() {
         return Err(ProfileError::Map);
     }
+    // One calibration per process: it switches the unwinders on and off
+    // while it measures them, so two threads starting their first profile
+    // at once must not interleave. Taken outside the allocator path only.
+    static CALIBRATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _calibrating = (CALIBRATED.load(Acquire) == 0).then(|| CALIBRATING.lock().unwrap_or_else(|p| p.into_inner()));
     if CALIBRATED.load(Acquire) == 0 {
         let hi = thread().map_or(1, stack_hi);
         let calibration = stack::calibrate(hi);

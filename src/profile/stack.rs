@@ -4,12 +4,7 @@
 
 use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
-#[cfg(feature = "profile")]
-use super::store::STACK_TRUNCATED;
-
-use super::store::STACK_FP;
-#[cfg(not(feature = "profile"))]
-use super::store::STACK_TRUNCATED;
+use super::store::{STACK_FP, STACK_TRUNCATED};
 
 /// The deepest stack the profiler records.
 pub(crate) const DEPTH_LIMIT: usize = 256;
@@ -202,7 +197,9 @@ pub(crate) struct Calibration {
 /// Then unwinds the same chain from `.eh_frame` with libgcc, and with
 /// heapprobe's own unwinder: the latter is used only if it returns exactly
 /// the frames libgcc returns. Runs once, before any stack is captured from
-/// `.eh_frame`, outside the allocator path.
+/// `.eh_frame`, outside the allocator path, and never on two threads at
+/// once (it switches the fast unwinder on and off; `sampler::ensure_ready`
+/// holds a lock around it).
 pub(crate) fn calibrate(stack_hi: usize) -> Calibration {
     let mut fp = [0usize; 8];
     // libgcc's stack, then the fast unwinder's, which must agree.
