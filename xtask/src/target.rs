@@ -466,7 +466,7 @@ pub fn build(target: &Target, options: &Build, verbose: bool) -> anyhow::Result<
         Some(name) => owner(&workspace, &candidates, &kind, name)?,
         None => {
             let with_lib: Vec<&Package> =
-                candidates.iter().copied().filter(|p| p.targets.iter().any(|t| t.kind.contains(&kind))).collect();
+                candidates.iter().copied().filter(|p| p.targets.iter().any(|t| is_lib(&t.kind))).collect();
             match (options.package.is_some() || workspace.current.is_some(), with_lib.as_slice()) {
                 (_, []) => bail!("no library {}", workspace.describe(&candidates)),
                 (true, [first, ..]) | (false, [first]) => Some(*first),
@@ -482,9 +482,36 @@ pub fn build(target: &Target, options: &Build, verbose: bool) -> anyhow::Result<
         let name = target.test.as_deref().expect("only --test falls back to a function");
         return build_test_filter(&workspace, &candidates, target, options, name, verbose);
     };
-    let exes = cargo_build(&[package], options, &cargo_flags, verbose)?;
-    let (exe, from) = single(exes, &label)?;
+    let artifacts = cargo_build(&[package], options, &cargo_flags, verbose)?;
+    // Cargo builds more than the target asked for: a package's binaries
+    // for its integration tests and benches (`CARGO_BIN_EXE_*`), build
+    // scripts, examples for `cargo test`. The one to run is the artifact
+    // of that package whose target has the kind and name asked for (for
+    // `--lib`, the library built as a test).
+    let wanted = |a: &Executable| {
+        a.package == package.id
+            && match name {
+                Some(name) => a.name == name && a.kinds.contains(&kind),
+                None => a.test && is_lib(&a.kinds),
+            }
+    };
+    let (exe, from) = single(&artifacts, wanted, &label, package)?;
     Ok(built(&workspace, from, exe, target.args.clone(), label, kind != TargetKind::Bin && kind != TargetKind::Example))
+}
+
+/// Whether a target with these kinds is a library, of any crate type.
+fn is_lib(kinds: &[TargetKind]) -> bool {
+    kinds.iter().any(|k| {
+        matches!(
+            k,
+            TargetKind::Lib
+                | TargetKind::RLib
+                | TargetKind::DyLib
+                | TargetKind::CDyLib
+                | TargetKind::StaticLib
+                | TargetKind::ProcMacro
+        )
+    })
 }
 
 /// A kind of target other than a test named `name`, for messages (`a bin
@@ -535,13 +562,16 @@ fn build_test_filter(
     name: &str,
     verbose: bool,
 ) -> anyhow::Result<Built> {
-    let exes = cargo_build(candidates, options, &["test", "--no-run", "--tests"], verbose)?;
+    let artifacts = cargo_build(candidates, options, &["test", "--no-run", "--tests"], verbose)?;
     let mut matches = Vec::new();
     let mut all = Vec::new();
-    for (exe, package) in &exes {
-        for test in list_tests(exe)? {
+    // Only the harnesses: `--tests` also builds the packages' binaries as
+    // programs (`CARGO_BIN_EXE_*`), which must never be run to be listed.
+    let ours = |a: &&Executable| a.test && candidates.iter().any(|p| p.id == a.package);
+    for artifact in artifacts.iter().filter(ours) {
+        for test in list_tests(&artifact.exe)? {
             if test == name || test.rsplit("::").next() == Some(name) {
-                matches.push((exe.clone(), package.clone(), test.clone()));
+                matches.push((artifact.exe.clone(), artifact.package.clone(), test.clone()));
             }
             all.push(test);
         }
@@ -637,15 +667,26 @@ pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Str
     format!("; closest: {}", names.join(", "))
 }
 
+/// An executable that cargo built, with the target it was built for.
+struct Executable {
+    exe: PathBuf,
+    package: PackageId,
+    /// The target's name (a library's is its `[lib] name`).
+    name: String,
+    kinds: Vec<TargetKind>,
+    /// Built as a test harness (`cargo test`'s build of a target).
+    test: bool,
+}
+
 /// Runs `cargo FLAGS -p PACKAGE... --profile heapprobe
-/// --message-format=json-render-diagnostics` and returns the executables it
-/// produced, in order, with their packages.
+/// --message-format=json-render-diagnostics` and returns every executable
+/// it produced, in order, with the target each was built for.
 fn cargo_build(
     packages: &[&Package],
     options: &Build,
     flags: &[&str],
     verbose: bool,
-) -> anyhow::Result<Vec<(PathBuf, PackageId)>> {
+) -> anyhow::Result<Vec<Executable>> {
     let mut cmd = Command::new(cargo());
     cmd.args(flags);
     if let Some(dir) = &options.dir {
@@ -667,7 +708,13 @@ fn cargo_build(
     for message in Message::parse_stream(BufReader::new(stdout)) {
         if let Message::CompilerArtifact(artifact) = message.context("reading cargo's JSON messages")? {
             if let Some(exe) = artifact.executable {
-                exes.push((exe.into_std_path_buf(), artifact.package_id));
+                exes.push(Executable {
+                    exe: exe.into_std_path_buf(),
+                    package: artifact.package_id,
+                    name: artifact.target.name,
+                    kinds: artifact.target.kind,
+                    test: artifact.profile.test,
+                });
             }
         }
     }
@@ -678,13 +725,39 @@ fn cargo_build(
     Ok(exes)
 }
 
-fn single(mut exes: Vec<(PathBuf, PackageId)>, label: &str) -> anyhow::Result<(PathBuf, PackageId)> {
-    match exes.len() {
-        1 => Ok(exes.remove(0)),
-        0 => bail!("cargo built no executable for {label}"),
-        n => bail!(
-            "{label} built {n} executables ({}); narrow it with -p/--package",
-            exes.iter().map(|e| e.0.display().to_string()).collect::<Vec<_>>().join(", ")
+/// The one executable among `artifacts` that is `wanted`; the error names
+/// what cargo built instead.
+fn single(
+    artifacts: &[Executable],
+    wanted: impl Fn(&Executable) -> bool,
+    label: &str,
+    package: &Package,
+) -> anyhow::Result<(PathBuf, PackageId)> {
+    let chosen: Vec<&Executable> = artifacts.iter().filter(|a| wanted(a)).collect();
+    let describe = |list: &mut dyn Iterator<Item = &Executable>| {
+        list.map(|a| {
+            let kind = a.kinds.first().map(|k| k.to_string()).unwrap_or_default();
+            let mode = if a.test { " (test)" } else { "" };
+            format!("{kind} {}{mode}: {}", a.name, a.exe.display())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+    };
+    match chosen.as_slice() {
+        [one] => Ok((one.exe.clone(), one.package.clone())),
+        [] => bail!(
+            "cargo built no executable for {label} of package {} ({}); it built: {}",
+            package.name,
+            package.manifest_path,
+            if artifacts.is_empty() { String::from("nothing") } else { describe(&mut artifacts.iter()) }
+        ),
+        many => bail!(
+            "cargo built {} executables for {label} of package {} ({}): {}; this is a bug of heapprobe, please report \
+             it with this message",
+            many.len(),
+            package.name,
+            package.manifest_path,
+            describe(&mut many.iter().copied())
         ),
     }
 }
