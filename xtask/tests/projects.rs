@@ -433,3 +433,237 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
         assert_no_heapprobe_uprobes();
     }
 }
+
+/// Writes `files` (paths relative to `dir`, contents with `{heapprobe}`
+/// standing for this repository) and a copy of this repository's
+/// Cargo.lock, so that heapprobe's dependencies resolve to the versions
+/// already built in the shared target directory.
+fn write_project(dir: &Path, files: &[(&str, &str)]) {
+    let heapprobe = root().display().to_string();
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text.replace("{heapprobe}", &heapprobe)).unwrap();
+    }
+    std::fs::copy(root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+}
+
+/// A package as `cargo new` grows into, edition 2024: a library whose
+/// `[lib] name` differs from the package's, which is also where the global
+/// allocator is declared; binaries (`src/main.rs`, `src/bin/restock/`,
+/// `src/bin/app.rs`, and one with `required-features`); integration tests,
+/// one named like a binary, one with `harness = false`, one with a custom
+/// `path`; an example; a bench; a build script; a proc-macro member. Every
+/// target calls `shopcore::stock` once with bytes of its own, so a graph
+/// with the wrong executable's bytes cannot pass.
+const SHOP: &[(&str, &str)] = &[
+    (
+        "Cargo.toml",
+        r#"[workspace]
+
+[package]
+name = "shop"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+name = "shopcore"
+
+[features]
+extra = []
+
+[dependencies]
+heapprobe = { path = "{heapprobe}" }
+shop-macros = { path = "macros" }
+
+[[bin]]
+name = "gated"
+path = "src/gated.rs"
+required-features = ["extra"]
+
+[[test]]
+name = "custom"
+harness = false
+
+[[test]]
+name = "checks"
+path = "checks/main.rs"
+"#,
+    ),
+    ("build.rs", "fn main() {\n    println!(\"cargo::rustc-env=SHOP_SHELVES=3\");\n}\n"),
+    (
+        "macros/Cargo.toml",
+        "[package]\nname = \"shop-macros\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[lib]\nproc-macro = true\n",
+    ),
+    (
+        "macros/src/lib.rs",
+        r#"use proc_macro::TokenStream;
+
+/// `double!(N)`: the literal 2N.
+#[proc_macro]
+pub fn double(input: TokenStream) -> TokenStream {
+    let n: usize = input.to_string().trim().parse().expect("an integer literal");
+    format!("{}usize", 2 * n).parse().unwrap()
+}
+"#,
+    ),
+    (
+        "src/lib.rs",
+        r#"use std::alloc::System;
+use std::hint::black_box;
+
+use heapprobe::Heapprobe;
+
+#[global_allocator]
+static GLOBAL: Heapprobe<System> = Heapprobe::new(System);
+
+/// From the build script, through the proc macro: 6.
+pub const SHELVES: usize = shop_macros::double!(3);
+const _: () = assert!(SHELVES == 2 * 3);
+
+/// One allocation of exactly `bytes` bytes.
+#[inline(never)]
+pub fn stock(bytes: usize) -> Vec<u8> {
+    assert_eq!(env!("SHOP_SHELVES"), "3");
+    black_box(Vec::with_capacity(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lib_stock() {
+        super::stock(1234);
+    }
+}
+"#,
+    ),
+    ("src/main.rs", "fn main() {\n    shopcore::stock(1111);\n}\n"),
+    ("src/bin/restock/main.rs", "fn main() {\n    shopcore::stock(2222);\n}\n"),
+    ("src/bin/app.rs", "fn main() {\n    shopcore::stock(3333);\n}\n"),
+    ("src/gated.rs", "fn main() {\n    shopcore::stock(4321);\n}\n"),
+    ("tests/it_works.rs", "#[test]\nfn stocks_the_shelf() {\n    shopcore::stock(4444);\n}\n"),
+    ("tests/app.rs", "#[test]\nfn app() {\n    shopcore::stock(5555);\n}\n"),
+    ("tests/custom.rs", "fn main() {\n    shopcore::stock(6666);\n}\n"),
+    ("checks/main.rs", "#[test]\nfn checked() {\n    shopcore::stock(7777);\n}\n"),
+    ("examples/demo.rs", "fn main() {\n    shopcore::stock(8888);\n}\n"),
+    ("benches/speed.rs", "#[test]\nfn bench_stock() {\n    shopcore::stock(9999);\n}\n"),
+];
+
+/// A virtual workspace whose target directory is set in its
+/// `.cargo/config.toml`: `model` (no heapprobe), `api` (depends on
+/// `model`; heapprobe only as its tests' allocator) and `server` (a binary
+/// with integration tests, depending on `api`; each program declares the
+/// allocator itself). `model::order(n)` allocates `n` u64s.
+const DEPOT: &[(&str, &str)] = &[
+    ("Cargo.toml", "[workspace]\nmembers = [\"model\", \"api\", \"server\"]\nresolver = \"2\"\n"),
+    ("model/Cargo.toml", "[package]\nname = \"model\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n"),
+    (
+        "model/src/lib.rs",
+        "/// `n` u64s: `8 n` bytes, one allocation.\n#[inline(never)]\npub fn order(n: usize) -> Vec<u64> {\n    \
+         std::hint::black_box(Vec::with_capacity(n))\n}\n",
+    ),
+    (
+        "api/Cargo.toml",
+        "[package]\nname = \"api\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\nmodel \
+         = { path = \"../model\" }\n\n[dev-dependencies]\nheapprobe = { path = \"{heapprobe}\" }\n",
+    ),
+    ("api/src/lib.rs", "pub fn place(n: usize) -> Vec<u64> {\n    model::order(n)\n}\n"),
+    (
+        "api/tests/orders.rs",
+        "#[global_allocator]\nstatic GLOBAL: heapprobe::Heapprobe<std::alloc::System> = \
+         heapprobe::Heapprobe::new(std::alloc::System);\n\n#[test]\nfn places() {\n    api::place(125);\n}\n",
+    ),
+    (
+        "server/Cargo.toml",
+        "[package]\nname = \"server\"\nversion = \"0.1.0\"\nedition = \"2021\"\npublish = false\n\n[dependencies]\napi = \
+         { path = \"../api\" }\nheapprobe = { path = \"{heapprobe}\" }\n",
+    ),
+    (
+        "server/src/main.rs",
+        "#[global_allocator]\nstatic GLOBAL: heapprobe::Heapprobe<std::alloc::System> = \
+         heapprobe::Heapprobe::new(std::alloc::System);\n\nfn main() {\n    api::place(250);\n}\n",
+    ),
+    (
+        "server/tests/serve.rs",
+        "#[global_allocator]\nstatic GLOBAL: heapprobe::Heapprobe<std::alloc::System> = \
+         heapprobe::Heapprobe::new(std::alloc::System);\n\n#[test]\nfn serves() {\n    \
+         assert!(std::path::Path::new(env!(\"CARGO_BIN_EXE_server\")).exists());\n    api::place(375);\n}\n",
+    ),
+];
+
+/// The layouts users' projects have, each target traced by the installed
+/// tool as a user runs it, each with its exact bytes through the marker.
+#[test]
+fn every_layout_traces_the_target_asked_for() {
+    let Some(_kernel) = available("every_layout_traces_the_target_asked_for") else { return };
+    let tmp = TempDir::new("projects-layouts");
+    let shop = tmp.path().join("shop");
+    write_project(&shop, SHOP);
+    let depot = tmp.path().join("depot");
+    write_project(&depot, DEPOT);
+    let config = format!("[build]\ntarget-dir = {:?}\n", shared_target().display().to_string());
+    write_project(&depot, &[(".cargo/config.toml", &config)]);
+    let svg = tmp.path().join("layout.svg");
+    let o = svg.to_str().unwrap();
+    // (where, the target's flags, the marker frame, its bytes); the shop
+    // builds into CARGO_TARGET_DIR, the depot into its build.target-dir.
+    let cases: &[(&Path, &[&str], &str, u64)] = &[
+        (&shop, &["--test", "it_works"], "shopcore::stock", 4444),
+        (&shop, &["--test", "stocks_the_shelf"], "shopcore::stock", 4444),
+        (&shop, &["--bin", "shop"], "shopcore::stock", 1111),
+        (&shop, &["--bin", "restock"], "shopcore::stock", 2222),
+        (&shop, &["--bin", "app"], "shopcore::stock", 3333),
+        (&shop, &["--test", "app"], "shopcore::stock", 5555),
+        (&shop, &["--test", "custom"], "shopcore::stock", 6666),
+        (&shop, &["--test", "checks"], "shopcore::stock", 7777),
+        (&shop, &["--test", "checked"], "shopcore::stock", 7777),
+        (&shop, &["--example", "demo"], "shopcore::stock", 8888),
+        (&shop, &["--bench", "speed"], "shopcore::stock", 9999),
+        (&shop, &["--lib"], "shopcore::stock", 1234),
+        (&shop, &["--features", "extra", "--bin", "gated"], "shopcore::stock", 4321),
+        (&depot, &["--test", "orders"], "model::order", 125 * 8),
+        (&depot, &["--test", "serve"], "model::order", 375 * 8),
+        (&depot, &["--bin", "server"], "model::order", 250 * 8),
+        (&depot.join("server"), &["--test", "serves"], "model::order", 375 * 8),
+        (&depot, &["-p", "api", "--test", "places"], "model::order", 125 * 8),
+    ];
+    for (dir, flags, frame, bytes) in cases {
+        let mut cmd = user_command("cargo", dir, &[&["heapprobe", "trace", "-o", o], *flags].concat());
+        if dir.starts_with(&shop) {
+            cmd.env("CARGO_TARGET_DIR", shared_target());
+        }
+        let out = run(&mut cmd);
+        let what = format!("{flags:?} in {}", dir.display());
+        assert!(out.status.success(), "{what}: failed");
+        let stacks = folded(&svg.with_extension("folded"));
+        assert_eq!(weight_through(&stacks, frame), *bytes, "{what}: the bytes through {frame}");
+        assert_no_heapprobe_uprobes();
+    }
+    // `probes` resolves targets the same way.
+    for (dir, flags) in [(&shop, &["--test", "it_works"]), (&depot, &["--test", "serve"])] {
+        let mut cmd = user_command("cargo", dir, &[&["heapprobe", "probes"], &flags[..]].concat());
+        cmd.env("CARGO_TARGET_DIR", shared_target());
+        let out = run(&mut cmd);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("heapprobe  alloc "),
+            "{flags:?}"
+        );
+    }
+    // What cannot be traced says why, and writes nothing.
+    std::fs::remove_file(svg.with_extension("folded")).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    let refused: &[(&Path, &[&str], &str)] = &[
+        (&shop, &["--bin", "gated"], "requires the features: `extra`"),
+        (&depot, &["-p", "model", "--test", "orders"], "package model ("),
+    ];
+    for (dir, flags, expected) in refused {
+        let mut cmd = user_command("cargo", dir, &[&["heapprobe", "trace", "-o", o], *flags].concat());
+        cmd.env("CARGO_TARGET_DIR", shared_target());
+        let out = run(&mut cmd);
+        assert!(!out.status.success(), "{flags:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(expected), "{flags:?}: stderr lacks {expected:?}");
+        assert!(!svg.exists(), "{flags:?} wrote a graph");
+    }
+    assert_no_heapprobe_uprobes();
+}
