@@ -89,7 +89,7 @@
 //! heapprobe: HEAP SUMMARY:
 //! heapprobe:     in use at exit: 844 bytes in 4 blocks
 //! heapprobe:   total heap usage: 11 allocs, 7 frees, 1,162 bytes allocated
-//! heapprobe:           reallocs: 2 (valgrind counts each as 1 alloc + 1 free)
+//! heapprobe:           reallocs: 2, 48 bytes grown (valgrind counts each as 1 alloc + 1 free)
 //! ```
 //!
 //! "In use at exit" agrees with valgrind's; its totals also count libc's

@@ -27,7 +27,7 @@ use crate::stats::Stats;
 /// heapprobe: HEAP SUMMARY:
 /// heapprobe:     in use at exit: 300 bytes in 3 blocks
 /// heapprobe:   total heap usage: 10 allocs, 7 frees, 1,300 bytes allocated
-/// heapprobe:           reallocs: 0 (valgrind counts each as 1 alloc + 1 free)
+/// heapprobe:           reallocs: 0, 0 bytes grown (valgrind counts each as 1 alloc + 1 free)
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 #[non_exhaustive]
@@ -47,6 +47,10 @@ pub struct HeapSummary {
     /// Bytes allocated: the sizes of the allocs, plus what growing reallocs
     /// added ([`Stats::bytes_allocated`]).
     pub bytes_allocated: usize,
+    /// What growing reallocs added to [`bytes_allocated`](Self::bytes_allocated)
+    /// ([`Stats::bytes_grown`]): the allocs' own bytes are the difference,
+    /// which is what a trace of the `alloc` probe adds up to.
+    pub bytes_grown: usize,
 }
 
 impl HeapSummary {
@@ -59,6 +63,7 @@ impl HeapSummary {
             frees: stats.deallocations,
             reallocs: stats.reallocations,
             bytes_allocated: stats.bytes_allocated,
+            bytes_grown: stats.bytes_grown,
         }
     }
 }
@@ -112,7 +117,12 @@ impl fmt::Display for HeapSummary {
             t(self.frees),
             t(self.bytes_allocated)
         )?;
-        writeln!(f, "heapprobe:           reallocs: {} (valgrind counts each as 1 alloc + 1 free)", t(self.reallocs))
+        writeln!(
+            f,
+            "heapprobe:           reallocs: {}, {} bytes grown (valgrind counts each as 1 alloc + 1 free)",
+            t(self.reallocs),
+            t(self.bytes_grown)
+        )
     }
 }
 
@@ -369,7 +379,7 @@ mod tests {
         let expected = "heapprobe: HEAP SUMMARY:\n\
                         heapprobe:     in use at exit: 300 bytes in 3 blocks\n\
                         heapprobe:   total heap usage: 4 allocs, 1 frees, 350 bytes allocated\n\
-                        heapprobe:           reallocs: 0 (valgrind counts each as 1 alloc + 1 free)\n";
+                        heapprobe:           reallocs: 0, 0 bytes grown (valgrind counts each as 1 alloc + 1 free)\n";
         for (value, exit) in [("1", false), ("yes", false), ("1", true)] {
             assert_eq!(child(Some(value), exit), expected, "HEAPPROBE_SUMMARY={value}, exit: {exit}");
         }

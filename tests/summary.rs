@@ -32,6 +32,7 @@ struct Printed {
     frees: u64,
     bytes_allocated: u64,
     reallocs: u64,
+    bytes_grown: u64,
 }
 
 fn number(s: &str) -> u64 {
@@ -63,14 +64,16 @@ fn parse_summary(stderr: &str) -> Option<Printed> {
         lines[2]
     );
     let r = words(lines[3], "heapprobe:           reallocs: ");
-    assert_eq!(r[1..].join(" "), "(valgrind counts each as 1 alloc + 1 free)", "{}", lines[3]);
+    assert_eq!(r[2..].join(" "), "bytes grown (valgrind counts each as 1 alloc + 1 free)", "{}", lines[3]);
+    let reallocs = r[0].strip_suffix(',').unwrap_or_else(|| panic!("`N,` expected: {}", lines[3]));
     Some(Printed {
         in_use_bytes: number(&w[0]),
         in_use_blocks: number(&w[3]),
         allocs: number(&u[0]),
         frees: number(&u[2]),
         bytes_allocated: number(&u[4]),
-        reallocs: number(&r[0]),
+        reallocs: number(reallocs),
+        bytes_grown: number(&r[1]),
     })
 }
 
@@ -98,13 +101,22 @@ fn difference(with: Printed, without: Printed) -> Printed {
         frees: with.frees - without.frees,
         bytes_allocated: with.bytes_allocated - without.bytes_allocated,
         reallocs: with.reallocs - without.reallocs,
+        bytes_grown: with.bytes_grown - without.bytes_grown,
     }
 }
 
 /// What the known pattern adds: 3 + 5 + 1 allocs; 5 + 1 frees; 2 reallocs;
 /// 300 + 250 + 16 bytes allocated plus 16 + 32 of realloc growth.
 const PATTERN: Printed =
-    Printed { in_use_bytes: 300, in_use_blocks: 3, allocs: 9, frees: 6, bytes_allocated: 614, reallocs: 2 };
+    Printed {
+    in_use_bytes: 300,
+    in_use_blocks: 3,
+    allocs: 9,
+    frees: 6,
+    bytes_allocated: 614,
+    reallocs: 2,
+    bytes_grown: 48,
+};
 
 #[test]
 fn printed_when_main_returns_with_the_exact_figures() {
