@@ -107,8 +107,7 @@ fn difference(with: Printed, without: Printed) -> Printed {
 
 /// What the known pattern adds: 3 + 5 + 1 allocs; 5 + 1 frees; 2 reallocs;
 /// 300 + 250 + 16 bytes allocated plus 16 + 32 of realloc growth.
-const PATTERN: Printed =
-    Printed {
+const PATTERN: Printed = Printed {
     in_use_bytes: 300,
     in_use_blocks: 3,
     allocs: 9,

@@ -667,3 +667,103 @@ fn every_layout_traces_the_target_asked_for() {
     }
     assert_no_heapprobe_uprobes();
 }
+
+/// Real crates from crates.io, each traced through one of its own
+/// integration tests: (crate, exact version, the test target).
+const REAL_CRATES: [(&str, &str, &str); 3] = [
+    // No dependencies at all: string metrics over Vecs.
+    ("strsim", "0.11.1", "lib"),
+    // serde's derive among its dev-dependencies (a proc-macro build),
+    // `should_panic` tests.
+    ("slab", "0.4.12", "slab"),
+    // Shared and growing buffers: as many reallocs as allocs.
+    ("bytes", "1.12.2", "test_buf_mut"),
+];
+
+/// The heap summary's figures that a trace of `alloc` must match:
+/// (allocs, bytes allocated minus bytes grown), from `heapprobe: ...` lines.
+fn summary_allocs(stderr: &str) -> (u64, u64) {
+    let number = |s: &str| s.replace(',', "").parse::<u64>().unwrap_or_else(|_| panic!("not a number: {s:?}"));
+    let line = |prefix: &str| {
+        let lines: Vec<&str> = stderr.lines().filter_map(|l| l.strip_prefix(prefix)).collect();
+        assert_eq!(lines.len(), 1, "one {prefix:?} line:\n{stderr}");
+        lines[0].split_whitespace().map(|w| w.trim_end_matches(',')).collect::<Vec<_>>()
+    };
+    let usage = line("heapprobe:   total heap usage: ");
+    let reallocs = line("heapprobe:           reallocs: ");
+    assert_eq!((usage[1], usage[6], reallocs[2]), ("allocs", "allocated", "bytes"), "{stderr}");
+    (number(usage[0]), number(usage[4]) - number(reallocs[1]))
+}
+
+/// Real crates, unmodified but for the two lines a user adds: heapprobe
+/// as a dev-dependency and as the `#[global_allocator]` of one integration
+/// test. Fetched through cargo (`cargo vendor` of the exact versions), each
+/// test is traced by the installed tool, and the trace must equal the
+/// heapprobe counters of the same run (the heap summary at exit) in events
+/// and bytes, with at least 99% of the bytes under symbolised frames.
+#[test]
+fn real_crates_from_crates_io_trace_exactly() {
+    let Some(_kernel) = available("real_crates_from_crates_io_trace_exactly") else { return };
+    let tmp = TempDir::new("projects-crates");
+    let fetch = tmp.path().join("fetch");
+    let deps: String = REAL_CRATES.iter().map(|(name, version, _)| format!("{name} = \"={version}\"\n")).collect();
+    write_project(
+        &fetch,
+        &[
+            ("Cargo.toml", &format!("[package]\nname = \"fetch\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n\n[dependencies]\n{deps}")),
+            ("src/lib.rs", ""),
+        ],
+    );
+    std::fs::remove_file(fetch.join("Cargo.lock")).unwrap();
+    let out = cargo_in(&fetch, &["vendor", "--versioned-dirs", "--quiet", "vendor"]);
+    assert!(out.status.success(), "cargo vendor (crates.io must be reachable)");
+    let svg = tmp.path().join("crate.svg");
+    for (name, version, test) in REAL_CRATES {
+        let dir = tmp.path().join(name);
+        copy_dir(&fetch.join("vendor").join(format!("{name}-{version}")), &dir);
+        std::fs::remove_file(dir.join(".cargo-checksum.json")).unwrap();
+        let append = |path: &Path, text: &str| {
+            let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+            std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        };
+        let heapprobe = root().display().to_string();
+        append(
+            &dir.join("Cargo.toml"),
+            &format!("\n[dev-dependencies.heapprobe]\npath = {heapprobe:?}\n\n[workspace]\n"),
+        );
+        append(
+            &dir.join("tests").join(format!("{test}.rs")),
+            "\n#[global_allocator]\nstatic GLOBAL: heapprobe::Heapprobe<std::alloc::System> = \
+             heapprobe::Heapprobe::new(std::alloc::System);\n",
+        );
+        std::fs::copy(root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+        let mut cmd = user_command("cargo", &dir, &["heapprobe", "trace", "--test", test, "-o", svg.to_str().unwrap()]);
+        let out = run(cmd.env("CARGO_TARGET_DIR", shared_target()).env("HEAPPROBE_SUMMARY", "1"));
+        assert!(out.status.success(), "{name}: the trace failed");
+        let (allocs, bytes) = summary_allocs(&String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let expected = format!("heapprobe:alloc: {allocs} events, ");
+        let line = stdout.lines().find(|l| l.starts_with(&expected));
+        let line = line.unwrap_or_else(|| panic!("{name}: the trace did not read {allocs} events:\n{stdout}"));
+        assert!(line.contains(&format!(" ({bytes} bytes) in ")), "{name}: {line} against {bytes} bytes");
+        let stacks = folded(&svg.with_extension("folded"));
+        assert_eq!(stacks.values().sum::<u64>(), bytes, "{name}: the folded stacks add up to the counters");
+        let unknown: u64 = stacks.iter().filter(|(s, _)| s.contains("[unknown]")).map(|(_, w)| w).sum();
+        assert!(unknown * 100 <= bytes, "{name}: {unknown} of {bytes} bytes under unsymbolised frames");
+        assert!(allocs > 100, "{name}: a real workload, not {allocs} allocations");
+        assert_no_heapprobe_uprobes();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
