@@ -203,14 +203,10 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// No [`source`](std::error::Error::source): the message already says what
+/// the OS said, and a reporter that prints the chain (anyhow's `{:#}`)
+/// would say it twice.
+impl std::error::Error for Error {}
 
 /// A folded profile: stacks (frames root first, joined by `;`) and their
 /// weights, plus what its header says.

@@ -256,12 +256,8 @@ pub fn inspected_exe(
             bail!("no process with pid {pid}");
         }
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        if std::fs::metadata(&exe).is_err() {
-            bail!(
-                "cannot read the executable of pid {pid} ({}): a process of another user needs root or \
-                 CAP_SYS_PTRACE",
-                exe.display()
-            );
+        if let Err(error) = std::fs::metadata(&exe) {
+            bail!("{}", unreadable_exe(pid, &exe, &error));
         }
         return Ok(Some(exe));
     }
@@ -269,6 +265,41 @@ pub fn inspected_exe(
         return Ok(Some(build(target, build_options, verbose)?.exe));
     }
     Ok(None)
+}
+
+/// Why `/proc/PID/exe` could not be read, as exactly as the kernel says:
+/// a zombie (it has exited) and a kernel thread have no executable at all,
+/// whoever asks; only a refusal to someone who is not root is about
+/// privileges.
+fn unreadable_exe(pid: u32, exe: &Path, error: &std::io::Error) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // `PID (COMM) STATE ...`: COMM may hold spaces and parentheses.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    match state {
+        Some("Z") => format!(
+            "pid {pid} is a zombie: it has exited and waits for its parent to reap it, so it has no executable and \
+             nothing to trace"
+        ),
+        Some("X") => format!("pid {pid} is exiting: nothing is left to trace"),
+        _ if error.kind() == std::io::ErrorKind::NotFound => format!(
+            "pid {pid} has no executable ({} does not resolve: a kernel thread, or a process that is exiting)",
+            exe.display()
+        ),
+        _ if error.kind() == std::io::ErrorKind::PermissionDenied && !crate::util::is_root() => format!(
+            "cannot read the executable of pid {pid} ({}: {error}): a process of another user needs root or \
+             CAP_SYS_PTRACE",
+            exe.display()
+        ),
+        _ => format!(
+            "cannot read the executable of pid {pid} ({}): {error}{}",
+            exe.display(),
+            if error.kind() == std::io::ErrorKind::PermissionDenied {
+                " (refused even to root: a Yama ptrace_scope of 3, or a security module such as AppArmor or SELinux)"
+            } else {
+                ""
+            }
+        ),
+    }
 }
 
 /// The workspace a build happens in, as `cargo metadata` describes it.

@@ -94,6 +94,12 @@ pub struct Options {
     /// (`--baseline` does, for the diff's count deltas).
     #[arg(skip)]
     pub(crate) count_folded: bool,
+    /// Run the built program through a link of the same file name in this
+    /// directory (`--baseline` gives both sides directories of one length,
+    /// so that what a program allocates for its own `argv[0]` is the same
+    /// on both sides, wherever each was built). `None`: run it where it is.
+    #[arg(skip)]
+    pub(crate) run_from: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -115,6 +121,7 @@ impl Default for Options {
             verbose: false,
             baseline: None,
             count_folded: false,
+            run_from: None,
         }
     }
 }
@@ -462,8 +469,11 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
                 args.build.profile(),
                 if args.build.release { "optimised, with " } else { "" }
             ));
-            let built = target::build(&args.target, &args.build, args.verbose)?;
+            let mut built = target::build(&args.target, &args.build, args.verbose)?;
             warn_without_frame_pointers(&built.exe);
+            if let Some(dir) = &args.run_from {
+                built.exe = link_into(dir, &built.exe)?;
+            }
             built
         }
     };
@@ -814,6 +824,17 @@ pub(crate) fn output_dir(output: &Path) -> &Path {
     output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
+/// A symbolic link to `exe` with its file name, in `dir` (created).
+fn link_into(dir: &Path, exe: &Path) -> anyhow::Result<PathBuf> {
+    let name = exe.file_name().with_context(|| format!("{} has no file name", exe.display()))?;
+    let link = dir.join(name);
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(exe, &link)
+        .with_context(|| format!("cannot link {} to {}", link.display(), exe.display()))?;
+    Ok(link)
+}
+
 /// Fails when `output` (or the folded file next to it) cannot be written:
 /// a directory there, a directory that does not exist, or one we may not
 /// write to.
@@ -829,8 +850,16 @@ pub fn check_output_writable(output: &Path) -> anyhow::Result<()> {
         }
     }
     let dir = output_dir(output);
+    if !dir.exists() {
+        bail!(
+            "cannot write {}: the directory {} does not exist (create it with `mkdir -p {}`, or give another -o)",
+            output.display(),
+            dir.display(),
+            dir.display()
+        );
+    }
     if !dir.is_dir() {
-        bail!("cannot write {}: {} is not a directory", output.display(), dir.display());
+        bail!("cannot write {}: {} is a file, not a directory", output.display(), dir.display());
     }
     let probe = dir.join(format!(".heapprobe-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"").with_context(|| {

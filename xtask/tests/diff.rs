@@ -136,8 +136,13 @@ fn bad_input_is_a_clear_error() {
     fails(&[&a, &a_counts], &format!("{} is weighted by bytes and {} by count", a.display(), a_counts.display()));
     // Counts that are not counts.
     fails(&[&a, &a, Path::new("--counts"), &a, &a], "is weighted by bytes, not count");
-    // A file that is not there.
-    fails(&[&dir.path().join("missing.folded"), &a], "cannot read");
+    // A file that is not there, and a directory: what the OS said, once.
+    let missing = dir.path().join("missing.folded");
+    fails(
+        &[&missing, &a],
+        &format!("error: cannot read {}: No such file or directory (os error 2)\n", missing.display()),
+    );
+    fails(&[dir.path(), &a], &format!("error: cannot read {}: Is a directory (os error 21)\n", dir.path().display()));
 }
 
 #[test]

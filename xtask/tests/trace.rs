@@ -157,7 +157,7 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
     let tmp = TempDir::new("xtask-trace-bad");
     let svg = tmp.path().join("fg.svg");
     let o = svg.to_str().unwrap();
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["trace", "--test", "it_work", "-o", o],
             "no test target and no test function named \"it_work\"; closest: `it_works`",
@@ -167,7 +167,11 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
             "no bin target named \"xtask\" (looked in heapprobe, heapprobe-fixture",
         ),
         (&["trace", "--example", "nope", "-o", o], "no example target named \"nope\""),
-        (&["trace", "--test", "it_works", "-o", "/nonexistent/fg.svg"], "/nonexistent is not a directory"),
+        (
+            &["trace", "--test", "it_works", "-o", "/nonexistent/fg.svg"],
+            "the directory /nonexistent does not exist (create it with `mkdir -p /nonexistent`",
+        ),
+        (&["trace", "--test", "it_works", "-o", "/etc/hostname/fg.svg"], "/etc/hostname is a file, not a directory"),
         (&["trace", "--pid", "999999999", "-o", o], "no process with pid 999999999"),
         (&["trace", "--test", "it_works", "--event", "alocc", "-o", o], "no heapprobe probe named \"alocc\""),
         (&["trace", "--test", "it_works", "--event", "scope_begin", "-o", o], "use --weight count"),

@@ -129,7 +129,12 @@ pub fn run(options: &Options, reference: &str) -> anyhow::Result<Outcome> {
         }
         None => cwd.clone(),
     };
+    // Both sides run their program through links in directories of one
+    // length: a program that allocates for its `argv[0]` (a test harness
+    // does) must not show a change for the worktree's longer path.
+    let links = RunLinks(std::env::temp_dir().join(format!("{PREFIX}{}.run", std::process::id())));
     let mut before_options = options.clone();
+    before_options.run_from = Some(links.0.join("b"));
     before_options.build.manifest_path = Some(before_manifest);
     before_options.build.dir = Some(before_dir);
     before_options.build.target_dir = Some(target_dir.clone());
@@ -150,8 +155,11 @@ pub fn run(options: &Options, reference: &str) -> anyhow::Result<Outcome> {
         );
     }
     eprintln!("==> AFTER: the working tree, {}", root.display());
+    let mut after_options = options.clone();
+    after_options.run_from = Some(links.0.join("a"));
     let (after, mut outcome) =
-        trace_side(options, &after_svg, "after").context("tracing the working tree").map_err(interrupted)?;
+        trace_side(&after_options, &after_svg, "after").context("tracing the working tree").map_err(interrupted)?;
+    drop(links);
 
     let mut diff_options = heapprobe::diff::Options::default();
     diff_options.title = options.graph.title.clone().unwrap_or_else(|| {
@@ -291,9 +299,21 @@ impl Drop for Worktree {
     }
 }
 
-/// Whether `name` is one of our worktrees' whose run is gone.
+/// The directory of the links both sides run their programs through
+/// (`heapprobe-baseline-PID.run`), removed when dropped.
+struct RunLinks(PathBuf);
+
+impl Drop for RunLinks {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `name` is one of our worktrees' (or link directories') whose
+/// run is gone.
 fn stale(name: &str) -> bool {
     name.strip_prefix(PREFIX)
+        .map(|rest| rest.strip_suffix(".run").unwrap_or(rest))
         .and_then(|pid| pid.parse::<u32>().ok())
         .is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
 }
@@ -338,9 +358,11 @@ mod tests {
         let pid = dead.id();
         dead.wait().unwrap();
         assert!(stale(&format!("{PREFIX}{pid}")));
+        assert!(stale(&format!("{PREFIX}{pid}.run")), "a dead run's links");
         // Not stale: ours, a live run's (pid 1), and names of other shapes.
         assert!(!stale(&format!("{PREFIX}{}", std::process::id())));
         assert!(!stale(&format!("{PREFIX}1")));
+        assert!(!stale(&format!("{PREFIX}1.run")));
         assert!(!stale(&format!("{PREFIX}xtask-{pid}")));
         assert!(!stale(&format!("heapprobe-other-{pid}")));
     }
