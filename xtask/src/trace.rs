@@ -258,7 +258,9 @@ impl Recording {
         let (unknown, truncated) = (folded.unknown_stacks, folded.truncated_stacks);
         if unknown.events + truncated.events > 0 && share > max_lost {
             bail!(
-                "{share:.2}% of the {} sit on stacks that are unknown ({} events) or truncated ({} events), more                  than --max-lost {max_lost}%: the flame graph cannot say who allocated them ({}; or raise                  --max-lost)",
+                "{share:.2}% of the {} sit on stacks that are unknown ({} events) or truncated ({} events), more \
+                 than --max-lost {max_lost}%: the flame graph cannot say who allocated them ({}; or raise \
+                 --max-lost)",
                 weight.count_name(),
                 unknown.events,
                 truncated.events,
@@ -275,14 +277,18 @@ fn stack_advice(folded: &Folded) -> String {
     let mut advice = Vec::new();
     if folded.unknown_stacks.events > 0 {
         advice.push(if folded.unwound > 0 {
-            "unknown stacks with --call-graph dwarf: a file the process mapped was rebuilt or deleted since (its              unwind tables are gone), or its code has none; keep the binary that ran"
+            "unknown stacks with --call-graph dwarf: a file the process mapped was rebuilt or deleted since (its \
+                 unwind tables are gone), or its code has none; keep the binary that ran"
         } else {
-            "unknown stacks with frame pointers: the binary was built without them; record with --call-graph              dwarf, or build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (`cargo heapprobe trace` does for              the targets it builds)"
+            "unknown stacks with frame pointers: the binary was built without them; record with --call-graph \
+                 dwarf, or build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (`cargo heapprobe trace` does for \
+                 the targets it builds)"
         });
     }
     if folded.truncated_stacks.events > 0 {
         advice.push(
-            "truncated stacks (drawn under [truncated]): the stack copy ended before the thread's first frame;              record with a larger --stack-size (up to 65528)",
+            "truncated stacks (drawn under [truncated]): the stack copy ended before the thread's first frame; \
+                 record with a larger --stack-size (up to 65528)",
         );
     }
     advice.join("; ")
@@ -416,7 +422,8 @@ impl Recorded {
             let advice = if self.stackless > 0 {
                 "the perf backend (--backend perf) keeps every stack"
             } else if self.dropped > 0 {
-                "record for less time, or with --call-graph fp (smaller events)"
+                "record for less time, or with smaller events: --call-graph fp, or a smaller --stack-size with \
+                 --call-graph dwarf"
             } else {
                 "keep the recording (--keep) and report this"
             };
@@ -1007,7 +1014,7 @@ pub fn print_summary(
     } else {
         let of = |share: flame::Share| match weight {
             Weight::Count => format!("{} calls", share.events),
-            _ => format!("{} events, {}", share.events, flame::human_bytes(share.weight)),
+            _ => format!("{} events, {} bytes", share.events, share.weight),
         };
         println!(
             "unknown or truncated stacks: {:.2}% of the {}: {} unknown (no frame beyond the allocator and the \

@@ -114,7 +114,8 @@ pub struct Decoded {
     /// Sample records perf wrote twice, found as byte-identical copies of a
     /// sample of the same nanosecond and removed (see [`fold`]).
     pub duplicates: u64,
-    /// Samples the kernel dropped, by the file's lost records.
+    /// Samples the kernel dropped, by the file's lost records (the larger
+    /// of the sums of either kind, as [`Counts::lost`]).
     pub lost: u64,
     /// Samples that carried a copy of the user stack (`--call-graph
     /// dwarf`), unwound here.
@@ -178,6 +179,9 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
     let mut stacks: FastMap<Box<[u32]>, (u64, u64)> = FastMap::default();
     let mut frames: Vec<u32> = Vec::with_capacity(128);
     let mut filtered = 0u64;
+    // The two kinds of lost records count the same losses (see [`Counts`]):
+    // their sum counted every lost event about twice.
+    let (mut lost_records, mut lost_samples) = (0u64, 0u64);
     // The samples of the latest timestamp, as written: a copy is one of them.
     let mut same_time: (Option<u64>, Vec<Vec<u8>>) = (None, Vec::new());
     let where_ = |n: u64| format!("{}, sample {n}", path.display());
@@ -208,7 +212,7 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
         if kind == RecordType::LOST_SAMPLES {
             // `u64 lost`, then the sample id fields.
             let data = record.data.as_slice();
-            decoded.lost += data.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            lost_samples += data.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
             continue;
         }
         let parsed = record.parse().with_context(|| format!("{}: a {kind:?} record is unreadable", path.display()))?;
@@ -324,7 +328,7 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
                 unwinders.fork(fork.ppid, fork.pid);
                 symbols.fork(fork.ppid, fork.pid);
             }
-            EventRecord::Lost(lost) => decoded.lost += lost.count,
+            EventRecord::Lost(lost) => lost_records += lost.count,
             EventRecord::Throttle(_) => decoded.throttled += 1,
             EventRecord::Unthrottle(_) | EventRecord::ContextSwitch(_) => {}
             EventRecord::Raw(raw) if KNOWN_IRRELEVANT.contains(&raw.record_type) => {}
@@ -333,6 +337,7 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
         }
     }
     decoded.folded.filtered = filtered;
+    decoded.lost = lost_records.max(lost_samples);
     decoded.folded.unwound = decoded.dwarf_samples;
     for (stack, (events, total)) in &stacks {
         let names: Vec<&str> = stack.iter().map(|&id| symbols.names[id as usize].as_ref()).collect();
