@@ -411,6 +411,26 @@ mod tests {
         frames.iter().map(|f| (*f).to_owned()).collect()
     }
 
+    /// A graph of `[unknown]` is never clean: an empty stack is one unknown
+    /// frame, and stacks that name nobody who allocated, or end in
+    /// [`TRUNCATED`], are counted with their weight.
+    #[test]
+    fn unknown_and_truncated_stacks_are_counted_with_their_weight() {
+        let mut folded = Folded::default();
+        folded.add(&stack(&[]), 100);
+        folded.add(&stack(&["heapprobe::alloc::Heapprobe<A>::allocated", "[unknown]"]), 50);
+        folded.add(&stack(&["alloc::raw_vec::RawVec<T,A>::grow_one", "[unknown]", "[unknown]"]), 25);
+        folded.add(&stack(&["__rustc::__rust_alloc", "my_app::build", "[truncated]"]), 20);
+        folded.add(&stack(&["__rustc::__rust_alloc", "my_app::build", "main", "_start"]), 5);
+        folded.add(&stack(&[crate::trace::STACK_LOST]), 7);
+        assert_eq!(folded.unknown_stacks, Share { events: 3, weight: 175 });
+        assert_eq!(folded.truncated_stacks, Share { events: 1, weight: 20 });
+        assert_eq!((folded.frames, folded.unknown_frames), (14, 4));
+        assert!((folded.unknown_percent() - 100.0 * 4.0 / 14.0).abs() < 1e-9);
+        assert!((folded.unknown_or_truncated_percent() - 100.0 * 195.0 / 207.0).abs() < 1e-9);
+        assert!(folded.lines().contains(&String::from("[unknown] 100")), "{:?}", folded.lines());
+    }
+
     #[test]
     fn folds_leaf_first_stacks_root_first_and_sums_weights() {
         let mut folded = Folded::default();

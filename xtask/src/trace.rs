@@ -497,7 +497,7 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
     if !(0.0..=100.0).contains(&args.max_lost) {
         bail!("--max-lost is a percentage: give a number from 0 to 100, not {}", args.max_lost);
     }
-    if args.stack_size == 0 || args.stack_size > MAX_STACK_SIZE || args.stack_size % 8 != 0 {
+    if args.stack_size == 0 || args.stack_size > MAX_STACK_SIZE || !args.stack_size.is_multiple_of(8) {
         bail!("--stack-size {}: perf copies a multiple of 8 bytes, from 8 to {MAX_STACK_SIZE}", args.stack_size);
     }
     if args.call_graph == CallGraph::Dwarf && args.backend == Backend::Bpftrace {

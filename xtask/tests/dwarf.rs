@@ -61,7 +61,7 @@ impl Service {
             Command::new(exe).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start heapprobe-service");
         let stdin = child.stdin.take().unwrap();
         let lines = lines_of(child.stderr.take().unwrap());
-        let mut service = Self { child, stdin, lines };
+        let service = Self { child, stdin, lines };
         let ready = service.lines.recv_timeout(Duration::from_secs(60)).expect("heapprobe-service is not ready");
         assert_eq!(ready, format!("ready pid={}", service.pid()));
         service
