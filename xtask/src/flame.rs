@@ -15,6 +15,11 @@ use crate::trace::Weight;
 /// The frame name used where a return address could not be symbolised.
 pub const UNKNOWN: &str = "[unknown]";
 
+/// The outermost frame of a stack whose unwinding stopped before the
+/// thread's first frame (`--call-graph dwarf`: the stack copy ended, or no
+/// unwind table covered a frame).
+pub const TRUNCATED: &str = "[truncated]";
+
 /// Weighted stacks, folded: `root;...;leaf` → total weight.
 #[derive(Debug, Default)]
 pub struct Folded {
@@ -31,6 +36,16 @@ pub struct Folded {
     pub stacks_added: u64,
     /// Hits of the probe left out by an `--id` filter (another instance).
     pub filtered: u64,
+    /// Hits whose stack names nobody who allocated: no frame but the
+    /// allocator's, the standard library's and [`UNKNOWN`] (see
+    /// [`is_unknown_stack`]), and their weight.
+    pub unknown_stacks: Share,
+    /// Hits whose stack ends in [`TRUNCATED`] (and is not unknown), and their
+    /// weight: the code that allocated is known, not all its callers.
+    pub truncated_stacks: Share,
+    /// Hits whose stack was unwound here from a copy of the thread's stack
+    /// (`--call-graph dwarf`), not walked by the kernel.
+    pub unwound: u64,
     /// Scratch space for building keys.
     key: String,
 }
@@ -63,8 +78,20 @@ impl Folded {
 
     fn add_stack_times(&mut self, frames_leaf_first: &[impl AsRef<str>], weight: u64, times: u64) {
         self.stacks_added += times;
-        self.frames += times * frames_leaf_first.len() as u64;
-        self.unknown_frames += times * frames_leaf_first.iter().filter(|f| f.as_ref() == UNKNOWN).count() as u64;
+        // An empty stack is drawn as one [unknown] frame, and counted so:
+        // a graph of nothing but [unknown] never reads "0% unsymbolised".
+        let frames = frames_leaf_first.len().max(1) as u64;
+        let unknown = match frames_leaf_first.len() {
+            0 => 1,
+            _ => frames_leaf_first.iter().filter(|f| f.as_ref() == UNKNOWN).count() as u64,
+        };
+        self.frames += times * frames;
+        self.unknown_frames += times * unknown;
+        if is_unknown_stack(frames_leaf_first.iter().map(AsRef::as_ref)) {
+            self.unknown_stacks.add(times, weight);
+        } else if frames_leaf_first.last().is_some_and(|f| f.as_ref() == TRUNCATED) {
+            self.truncated_stacks.add(times, weight);
+        }
         if weight == 0 {
             return;
         }
@@ -110,6 +137,21 @@ impl Folded {
         all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         all.truncate(n);
         all
+    }
+
+    /// The weight of the unknown and truncated stacks, in percent of the
+    /// total (of the events when nothing weighs anything).
+    pub fn unknown_or_truncated_percent(&self) -> f64 {
+        let (part, all) = if self.total > 0 {
+            (self.unknown_stacks.weight + self.truncated_stacks.weight, self.total)
+        } else {
+            (self.unknown_stacks.events + self.truncated_stacks.events, self.events)
+        };
+        if all == 0 {
+            0.0
+        } else {
+            100.0 * part as f64 / all as f64
+        }
     }
 
     /// Share of frames that could not be symbolised, in percent.
@@ -181,6 +223,35 @@ impl Folded {
             *self.stacks.entry(key).or_insert(0) += weight;
         }
     }
+}
+
+/// A number of probe hits and their summed weight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Share {
+    /// Probe hits.
+    pub events: u64,
+    /// Their summed weight.
+    pub weight: u64,
+}
+
+impl Share {
+    fn add(&mut self, events: u64, weight: u64) {
+        self.events += events;
+        self.weight += weight;
+    }
+}
+
+/// Whether a stack (innermost first) says nothing about who allocated:
+/// every frame is the allocator's (heapprobe, `__rust_alloc`), the standard
+/// library's, [`UNKNOWN`] or [`TRUNCATED`]; an empty stack too. A stack
+/// that is only the recorder's stand-in for a lost one (`[stack lost]`,
+/// counted among the lost events) is not.
+pub fn is_unknown_stack<'a>(frames_leaf_first: impl Iterator<Item = &'a str>) -> bool {
+    let mut frames = frames_leaf_first.peekable();
+    if frames.peek() == Some(&crate::trace::STACK_LOST) {
+        return false;
+    }
+    frames.all(|f| f == UNKNOWN || f == TRUNCATED || is_allocator_frame(f) || is_std_frame(f))
 }
 
 /// How the flame graph is drawn (what cargo-flamegraph users reach for).
@@ -338,6 +409,26 @@ mod tests {
 
     fn stack(frames: &[&str]) -> Vec<String> {
         frames.iter().map(|f| (*f).to_owned()).collect()
+    }
+
+    /// A graph of `[unknown]` is never clean: an empty stack is one unknown
+    /// frame, and stacks that name nobody who allocated, or end in
+    /// [`TRUNCATED`], are counted with their weight.
+    #[test]
+    fn unknown_and_truncated_stacks_are_counted_with_their_weight() {
+        let mut folded = Folded::default();
+        folded.add(&stack(&[]), 100);
+        folded.add(&stack(&["heapprobe::alloc::Heapprobe<A>::allocated", "[unknown]"]), 50);
+        folded.add(&stack(&["alloc::raw_vec::RawVec<T,A>::grow_one", "[unknown]", "[unknown]"]), 25);
+        folded.add(&stack(&["__rustc::__rust_alloc", "my_app::build", "[truncated]"]), 20);
+        folded.add(&stack(&["__rustc::__rust_alloc", "my_app::build", "main", "_start"]), 5);
+        folded.add(&stack(&[crate::trace::STACK_LOST]), 7);
+        assert_eq!(folded.unknown_stacks, Share { events: 3, weight: 175 });
+        assert_eq!(folded.truncated_stacks, Share { events: 1, weight: 20 });
+        assert_eq!((folded.frames, folded.unknown_frames), (14, 4));
+        assert!((folded.unknown_percent() - 100.0 * 4.0 / 14.0).abs() < 1e-9);
+        assert!((folded.unknown_or_truncated_percent() - 100.0 * 195.0 / 207.0).abs() < 1e-9);
+        assert!(folded.lines().contains(&String::from("[unknown] 100")), "{:?}", folded.lines());
     }
 
     #[test]

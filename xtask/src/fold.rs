@@ -116,7 +116,7 @@ pub fn run(options: &Options) -> anyhow::Result<trace::Outcome> {
         bail!("nothing to weigh by {}: no flame graph written", args.weight.count_name());
     };
     args.graph.open_if_asked(svg);
-    recording.recorded.check(args.max_lost, args.weight)?;
+    recording.check(args.max_lost, args.weight)?;
     Ok(trace::Outcome {
         svg: Some(svg.to_path_buf()),
         folded: folded_path,

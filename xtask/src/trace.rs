@@ -6,6 +6,7 @@ mod bpftrace;
 pub mod perf;
 pub mod perf_data;
 mod symbols;
+mod unwind;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -62,11 +63,21 @@ pub struct Options {
     /// `bpftrace` (stacks and sums aggregated in the kernel). Default: `perf`.
     #[arg(long, value_enum, default_value_t = Backend::Perf, hide_default_value = true)]
     pub backend: Backend,
-    /// How perf unwinds stacks: `fp` (frame pointers; small and fast, what
-    /// traced builds have) or `dwarf` (for binaries built without frame
-    /// pointers; copies 8 KiB of stack per event). Default: `fp`.
+    /// How perf records stacks: `fp` (the kernel follows frame pointers;
+    /// small and fast, what the builds `trace` makes have) or `dwarf` (perf
+    /// copies the top --stack-size bytes of the stack at every event, and
+    /// heapprobe unwinds them with the binaries' `.eh_frame`: for binaries
+    /// built without frame pointers, such as a release build traced with
+    /// --pid; far larger recordings, so more events lost at high rates).
+    /// Stacks left unknown or truncated are counted, and fail the trace
+    /// past --max-lost. Default: `fp`.
     #[arg(long, value_enum, default_value_t = CallGraph::Fp, hide_default_value = true)]
     pub call_graph: CallGraph,
+    /// With `--call-graph dwarf`: how many bytes of each event's stack perf
+    /// copies (up to 65528, a multiple of 8). A stack deeper than this is
+    /// drawn under `[truncated]`. Default: `8192` (perf's).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_STACK_SIZE, hide_default_value = true)]
+    pub stack_size: u32,
     /// Keep the raw recording (perf.data) next to the output. Default:
     /// `false`.
     #[arg(long)]
@@ -115,6 +126,7 @@ impl Default for Options {
             output: PathBuf::from("flamegraph.svg"),
             backend: Backend::Perf,
             call_graph: CallGraph::Fp,
+            stack_size: DEFAULT_STACK_SIZE,
             keep: false,
             max_lost: DEFAULT_MAX_LOST,
             graph: Graph::default(),
@@ -149,6 +161,13 @@ pub struct Outcome {
 
 /// `--max-lost`'s default, in percent of the events recorded.
 pub const DEFAULT_MAX_LOST: f64 = 1.0;
+
+/// `--stack-size`'s default: perf's own for `--call-graph dwarf`.
+pub const DEFAULT_STACK_SIZE: u32 = 8192;
+
+/// The largest stack copy perf takes (`perf record --call-graph dwarf,SIZE`:
+/// `u16::MAX` rounded down to 8).
+pub const MAX_STACK_SIZE: u32 = 65528;
 
 /// Which tool records.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +251,54 @@ pub struct Recording {
     pub recorded: Recorded,
     /// How the traced program ended (`None` when attached by pid).
     pub status: Option<Ended>,
+}
+
+impl Recording {
+    /// An error when more than `max_lost` percent of the events were lost
+    /// or the totals disagree ([`Recorded::check`]), or when more than
+    /// `max_lost` percent of the weight sits on stacks that are unknown or
+    /// truncated.
+    pub fn check(&self, max_lost: f64, weight: Weight) -> anyhow::Result<()> {
+        self.recorded.check(max_lost, weight)?;
+        let folded = &self.folded;
+        let share = folded.unknown_or_truncated_percent();
+        let (unknown, truncated) = (folded.unknown_stacks, folded.truncated_stacks);
+        if unknown.events + truncated.events > 0 && share > max_lost {
+            bail!(
+                "{share:.2}% of the {} sit on stacks that are unknown ({} events) or truncated ({} events), more \
+                 than --max-lost {max_lost}%: the flame graph cannot say who allocated them ({}; or raise \
+                 --max-lost)",
+                weight.count_name(),
+                unknown.events,
+                truncated.events,
+                stack_advice(folded)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What to do about unknown and truncated stacks, for the summary and the
+/// error.
+fn stack_advice(folded: &Folded) -> String {
+    let mut advice = Vec::new();
+    if folded.unknown_stacks.events > 0 {
+        advice.push(if folded.unwound > 0 {
+            "unknown stacks with --call-graph dwarf: a file the process mapped was rebuilt or deleted since (its \
+                 unwind tables are gone), or its code has none; keep the binary that ran"
+        } else {
+            "unknown stacks with frame pointers: the binary was built without them; record with --call-graph \
+                 dwarf, or build with RUSTFLAGS=\"-C force-frame-pointers=yes\" (`cargo heapprobe trace` does for \
+                 the targets it builds)"
+        });
+    }
+    if folded.truncated_stacks.events > 0 {
+        advice.push(
+            "truncated stacks (drawn under [truncated]): the stack copy ended before the thread's first frame; \
+                 record with a larger --stack-size (up to 65528)",
+        );
+    }
+    advice.join("; ")
 }
 
 /// What the recorder counted itself, beside what was parsed from its output.
@@ -362,7 +429,8 @@ impl Recorded {
             let advice = if self.stackless > 0 {
                 "the perf backend (--backend perf) keeps every stack"
             } else if self.dropped > 0 {
-                "record for less time, or with --call-graph fp (smaller events)"
+                "record for less time, or with smaller events: --call-graph fp, or a smaller --stack-size with \
+                 --call-graph dwarf"
             } else {
                 "keep the recording (--keep) and report this"
             };
@@ -435,6 +503,15 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
     check_event(&args.event, args.weight, args.id)?;
     if !(0.0..=100.0).contains(&args.max_lost) {
         bail!("--max-lost is a percentage: give a number from 0 to 100, not {}", args.max_lost);
+    }
+    if args.stack_size == 0 || args.stack_size > MAX_STACK_SIZE || !args.stack_size.is_multiple_of(8) {
+        bail!("--stack-size {}: perf copies a multiple of 8 bytes, from 8 to {MAX_STACK_SIZE}", args.stack_size);
+    }
+    if args.call_graph == CallGraph::Dwarf && args.backend == Backend::Bpftrace {
+        bail!(
+            "--call-graph dwarf is perf's: bpftrace's ustack follows frame pointers only (use --backend perf, or \
+             --call-graph fp with a build that has frame pointers)"
+        );
     }
     // Before anything slow: a run must not record for minutes, then fail
     // to write its result.
@@ -552,7 +629,7 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
     };
     if recording.folded.total == 0 {
         print_summary(&recording, weight, &args.event, args.pid, &folded_path, None, elapsed);
-        recording.recorded.check(args.max_lost, weight)?;
+        recording.check(args.max_lost, weight)?;
         bail!(
             "recorded {} heapprobe:{} events but nothing to weigh by {}: no flame graph written",
             recording.folded.events,
@@ -570,7 +647,7 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
             if label.starts_with("test") { "test" } else { "program" },
             args.output.display()
         ),
-        _ => recording.recorded.check(args.max_lost, weight).map(|()| outcome),
+        _ => recording.check(args.max_lost, weight).map(|()| outcome),
     }
 }
 
@@ -742,6 +819,7 @@ fn record_with_perf(
             pid: args.pid,
             duration: args.duration,
             call_graph: args.call_graph,
+            stack_size: args.stack_size,
         },
         &data,
         &work,
@@ -959,14 +1037,37 @@ pub fn print_summary(
     }
     let unknown = folded.unknown_percent();
     println!("unsymbolised frames: {unknown:.1}%");
-    if unknown > 10.0 {
+    let (unknown_stacks, truncated) = (folded.unknown_stacks, folded.truncated_stacks);
+    if unknown_stacks.events + truncated.events == 0 {
+        println!("unknown or truncated stacks: 0");
+    } else {
+        let of = |share: flame::Share| match weight {
+            Weight::Count => format!("{} calls", share.events),
+            _ => format!("{} events, {} bytes", share.events, share.weight),
+        };
+        println!(
+            "unknown or truncated stacks: {:.2}% of the {}: {} unknown (no frame beyond the allocator and the \
+             standard library), {} truncated ({})",
+            folded.unknown_or_truncated_percent(),
+            weight.count_name(),
+            of(unknown_stacks),
+            of(truncated),
+            stack_advice(folded)
+        );
+    }
+    if unknown > 10.0 && folded.unwound == 0 {
         println!(
             "warning: more than 10% of frames are [unknown]: build with debuginfo and frame pointers \
              (`cargo heapprobe trace` does this for the targets it builds; for other binaries use \
-             RUSTFLAGS=\"-C force-frame-pointers=yes\" and `debug = true`)"
+             RUSTFLAGS=\"-C force-frame-pointers=yes\" and `debug = true`, or record with --call-graph dwarf)"
+        );
+    } else if unknown > 10.0 {
+        println!(
+            "warning: more than 10% of frames are [unknown]: the binary (or a library) has no symbols, or was \
+             rebuilt since it ran; build with `debug = true` (or at least without `strip`)"
         );
     }
-    if folded.stacks_added > 0 && folded.frames < 4 * folded.stacks_added {
+    if folded.unwound == 0 && folded.stacks_added > 0 && folded.frames < 4 * folded.stacks_added {
         println!(
             "warning: stacks average {:.1} frames: the program was probably built without frame pointers \
              (build it with RUSTFLAGS=\"-C force-frame-pointers=yes\"; `cargo heapprobe trace` does for \

@@ -39,8 +39,10 @@ pub struct Workload<'a> {
     pub pid: Option<u32>,
     /// With `pid`: how long to record (`None`: until Ctrl-C).
     pub duration: Option<f64>,
-    /// How perf unwinds stacks.
+    /// How perf records stacks.
     pub call_graph: CallGraph,
+    /// With `CallGraph::Dwarf`: the bytes of stack copied per event.
+    pub stack_size: u32,
 }
 
 /// Records every event of `group` with call stacks into `data` (`work` is
@@ -61,16 +63,19 @@ pub fn record(
     verbose: bool,
 ) -> anyhow::Result<Option<Ended>> {
     let mut cmd = Command::new(perf);
+    // dwarf: perf samples the user registers and copies the top of the
+    // stack, and keeps no user frames in the callchain
+    // (`exclude_callchain_user`); `perf_data::fold` unwinds the copies.
     let call_graph = match workload.call_graph {
-        CallGraph::Fp => "fp",
-        CallGraph::Dwarf => "dwarf",
+        CallGraph::Fp => String::from("fp"),
+        CallGraph::Dwarf => format!("dwarf,{}", workload.stack_size),
     };
     // Not -q: it hides perf's errors too (a failure to open or map its
     // events left a recording of 0 samples, unexplained). Its routine lines
     // are dropped instead (ROUTINE).
     // `-T`: every sample carries its time, by which a sample perf wrote
     // twice is told from two real ones (`perf_data::fold`).
-    cmd.args(["record", "-T", "--call-graph", call_graph, "-e", &format!("{}:*", group.name()), "-o"]).arg(data);
+    cmd.args(["record", "-T", "--call-graph", &call_graph, "-e", &format!("{}:*", group.name()), "-o"]).arg(data);
     // perf's default ring buffer (512 KiB) drops events when a program
     // allocates in a tight loop (751 of 1 million here); 32 MiB per CPU kept
     // every one. Only root may lock that much (others get perf's default).

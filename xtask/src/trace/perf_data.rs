@@ -28,8 +28,9 @@ use linux_perf_data::linux_perf_event_reader::{constants as perf, EventRecord, P
 use linux_perf_data::{Feature, PerfFileReader, PerfFileRecord};
 
 use super::symbols::{Files, Mapping};
+use super::unwind::{Ending, Registers, Unwinders};
 use super::Weight;
-use crate::flame::{demangle, Folded, UNKNOWN};
+use crate::flame::{demangle, Folded, TRUNCATED, UNKNOWN};
 
 /// `PERF_RECORD_LOST`: `u64 id, u64 lost`.
 const RECORD_LOST: u32 = 2;
@@ -113,8 +114,12 @@ pub struct Decoded {
     /// Sample records perf wrote twice, found as byte-identical copies of a
     /// sample of the same nanosecond and removed (see [`fold`]).
     pub duplicates: u64,
-    /// Samples the kernel dropped, by the file's lost records.
+    /// Samples the kernel dropped, by the file's lost records (the larger
+    /// of the sums of either kind, as [`Counts::lost`]).
     pub lost: u64,
+    /// Samples that carried a copy of the user stack (`--call-graph
+    /// dwarf`), unwound here.
+    pub dwarf_samples: u64,
     /// Times the kernel throttled an event (samples dropped without a
     /// count).
     pub throttled: u64,
@@ -164,13 +169,19 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
         .filter(|info| info.path.starts_with(b"/"))
         .map(|info| (PathBuf::from(String::from_utf8_lossy(&info.path).into_owned()), info.build_id))
         .collect();
+    let mut unwinders = Unwinders::new(build_ids.clone());
     files.expect_build_ids(build_ids);
 
     let mut decoded = Decoded::default();
     let mut symbols = Symbols::new(files);
+    let truncated = symbols.intern(TRUNCATED);
+    let mut unwound: Vec<(u64, bool)> = Vec::with_capacity(128);
     let mut stacks: FastMap<Box<[u32]>, (u64, u64)> = FastMap::default();
     let mut frames: Vec<u32> = Vec::with_capacity(128);
     let mut filtered = 0u64;
+    // The two kinds of lost records count the same losses (see [`Counts`]):
+    // their sum counted every lost event about twice.
+    let (mut lost_records, mut lost_samples) = (0u64, 0u64);
     // The samples of the latest timestamp, as written: a copy is one of them.
     let mut same_time: (Option<u64>, Vec<Vec<u8>>) = (None, Vec::new());
     let where_ = |n: u64| format!("{}, sample {n}", path.display());
@@ -201,7 +212,7 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
         if kind == RecordType::LOST_SAMPLES {
             // `u64 lost`, then the sample id fields.
             let data = record.data.as_slice();
-            decoded.lost += data.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            lost_samples += data.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
             continue;
         }
         let parsed = record.parse().with_context(|| format!("{}: a {kind:?} record is unreadable", path.display()))?;
@@ -235,25 +246,56 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
                 let w = weight
                     .of(event.probe.as_deref().unwrap_or_default(), &get)
                     .map_err(|why| anyhow::anyhow!("{}: heapprobe:{} {why}", where_(decoded.samples), event.name))?;
-                let Some(chain) = sample.callchain else {
-                    bail!(
-                        "{}: a {} sample without a call stack: record with --call-graph (fp or dwarf)",
-                        where_(decoded.samples),
-                        event.name
-                    );
-                };
                 let pid = sample.pid.unwrap_or(-1);
                 frames.clear();
-                let mut user = false;
-                for i in 0..chain.len() {
-                    let address = chain.get(i).unwrap_or(0);
-                    if address >= perf::PERF_CONTEXT_MAX {
-                        user = address == perf::PERF_CONTEXT_USER;
-                        continue;
+                if let Some((stack, dynamic_size)) = &sample.user_stack {
+                    // `--call-graph dwarf`: perf copied the user stack for
+                    // us to unwind; its callchain has no user frames.
+                    decoded.dwarf_samples += 1;
+                    let regs = sample.user_regs.as_ref().and_then(|regs| {
+                        Some(Registers {
+                            ip: regs.get(perf::PERF_REG_X86_IP)?,
+                            sp: regs.get(perf::PERF_REG_X86_SP)?,
+                            bp: regs.get(perf::PERF_REG_X86_BP)?,
+                        })
+                    });
+                    let Some(regs) = regs else {
+                        bail!(
+                            "{}: a {} sample with a user stack but without the registers ip, sp and bp to \
+                             unwind it from (record with --call-graph dwarf, which samples them)",
+                            where_(decoded.samples),
+                            event.name
+                        );
+                    };
+                    let stack = stack.as_slice();
+                    // The copy is `size` bytes, of which the first
+                    // `dynamic_size` were really on the stack.
+                    let valid = stack.len().min(usize::try_from(*dynamic_size).unwrap_or(usize::MAX));
+                    unwound.clear();
+                    let ending = unwinders.unwind(pid, regs, &stack[..valid], &mut unwound);
+                    frames.extend(unwound.iter().map(|&(address, leaf)| symbols.frame(pid, address, leaf)));
+                    if ending == Ending::Truncated {
+                        frames.push(truncated);
                     }
-                    if user {
-                        let leaf = frames.is_empty();
-                        frames.push(symbols.frame(pid, address, leaf));
+                } else {
+                    let Some(chain) = sample.callchain else {
+                        bail!(
+                            "{}: a {} sample without a call stack: record with --call-graph (fp or dwarf)",
+                            where_(decoded.samples),
+                            event.name
+                        );
+                    };
+                    let mut user = false;
+                    for i in 0..chain.len() {
+                        let address = chain.get(i).unwrap_or(0);
+                        if address >= perf::PERF_CONTEXT_MAX {
+                            user = address == perf::PERF_CONTEXT_USER;
+                            continue;
+                        }
+                        if user {
+                            let leaf = frames.is_empty();
+                            frames.push(symbols.frame(pid, address, leaf));
+                        }
                     }
                 }
                 match stacks.get_mut(frames.as_slice()) {
@@ -268,17 +310,25 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
             }
             EventRecord::Mmap(mmap) if mmap.is_executable => {
                 let path = String::from_utf8_lossy(&mmap.path.as_slice()).into_owned();
+                unwinders.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, &path);
                 symbols.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, path);
             }
             EventRecord::Mmap2(mmap) if mmap.protection & libc::PROT_EXEC as u32 != 0 => {
                 let path = String::from_utf8_lossy(&mmap.path.as_slice()).into_owned();
+                unwinders.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, &path);
                 symbols.map(mmap.pid, mmap.address, mmap.length, mmap.page_offset, path);
             }
             EventRecord::Mmap(_) | EventRecord::Mmap2(_) => {}
-            EventRecord::Comm(comm) if comm.is_execve => symbols.exec(comm.pid),
+            EventRecord::Comm(comm) if comm.is_execve => {
+                unwinders.exec(comm.pid);
+                symbols.exec(comm.pid);
+            }
             EventRecord::Comm(_) | EventRecord::Exit(_) => {}
-            EventRecord::Fork(fork) => symbols.fork(fork.ppid, fork.pid),
-            EventRecord::Lost(lost) => decoded.lost += lost.count,
+            EventRecord::Fork(fork) => {
+                unwinders.fork(fork.ppid, fork.pid);
+                symbols.fork(fork.ppid, fork.pid);
+            }
+            EventRecord::Lost(lost) => lost_records += lost.count,
             EventRecord::Throttle(_) => decoded.throttled += 1,
             EventRecord::Unthrottle(_) | EventRecord::ContextSwitch(_) => {}
             EventRecord::Raw(raw) if KNOWN_IRRELEVANT.contains(&raw.record_type) => {}
@@ -287,6 +337,8 @@ pub fn fold(path: &Path, probe: Option<&str>, weight: Weight, id: Option<u64>) -
         }
     }
     decoded.folded.filtered = filtered;
+    decoded.lost = lost_records.max(lost_samples);
+    decoded.folded.unwound = decoded.dwarf_samples;
     for (stack, (events, total)) in &stacks {
         let names: Vec<&str> = stack.iter().map(|&id| symbols.names[id as usize].as_ref()).collect();
         decoded.folded.add_repeated(&names, *total, *events);
@@ -544,6 +596,18 @@ impl Symbols {
         }
     }
 
+    /// The name id of `name`, a frame that stands for no address.
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let name: Rc<str> = Rc::from(name);
+        let id = self.names.len() as u32;
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
     /// The name id of the frame at `address` of process `pid`.
     fn frame(&mut self, pid: i32, address: u64, leaf: bool) -> u32 {
         let key = (pid, if leaf { address | LEAF } else { address });
@@ -558,16 +622,7 @@ impl Symbols {
             .and_then(|m| self.files.name_at_offset(&m.path, lookup - m.start + m.offset).map(demangle));
         let id = match name {
             None => 0,
-            Some(name) => match self.ids.get(name.as_str()) {
-                Some(&id) => id,
-                None => {
-                    let name: Rc<str> = Rc::from(name);
-                    let id = self.names.len() as u32;
-                    self.names.push(name.clone());
-                    self.ids.insert(name, id);
-                    id
-                }
-            },
+            Some(name) => self.intern(&name),
         };
         self.cache.insert(key, id);
         id
