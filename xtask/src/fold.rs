@@ -111,7 +111,7 @@ pub fn run(options: &Options) -> anyhow::Result<trace::Outcome> {
             &args.graph,
         )?;
     }
-    trace::print_summary(&recording, args.weight, &args.event, None, &folded_path, svg, started.elapsed());
+    trace::print_summary(&recording, args.weight, &args.event, None, &folded_path, svg, started.elapsed(), None);
     let Some(svg) = svg else {
         bail!("nothing to weigh by {}: no flame graph written", args.weight.count_name());
     };

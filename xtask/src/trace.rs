@@ -594,6 +594,13 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
         }
     };
     let elapsed = started.elapsed();
+    // With --pid --duration the probes were on for the duration asked
+    // (perf: from its acknowledged enable to the SIGINT; bpftrace: its
+    // interval after attaching), unless the process exited first.
+    let recorded_for = match (args.pid, args.duration) {
+        (Some(pid), Some(secs)) if Path::new(&format!("/proc/{pid}")).exists() => Some(secs),
+        _ => None,
+    };
     let mut counts = None;
     if let Some(work) = work {
         let data = work.join("perf.data");
@@ -628,7 +635,7 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
         diff: None,
     };
     if recording.folded.total == 0 {
-        print_summary(&recording, weight, &args.event, args.pid, &folded_path, None, elapsed);
+        print_summary(&recording, weight, &args.event, args.pid, &folded_path, None, elapsed, recorded_for);
         recording.check(args.max_lost, weight)?;
         bail!(
             "recorded {} heapprobe:{} events but nothing to weigh by {}: no flame graph written",
@@ -639,7 +646,7 @@ pub fn run(options: &Options) -> anyhow::Result<Outcome> {
     }
     recording.folded.render(&args.output, &title, &totals, weight.count_name(), &args.graph)?;
     outcome.svg = Some(args.output.clone());
-    print_summary(&recording, weight, &args.event, args.pid, &folded_path, Some(&args.output), elapsed);
+    print_summary(&recording, weight, &args.event, args.pid, &folded_path, Some(&args.output), elapsed, recorded_for);
     args.graph.open_if_asked(&args.output);
     match recording.status {
         Some(ended) if ended != Ended::Exited(0) => bail!(
@@ -1009,6 +1016,10 @@ pub fn summary_line(folded: &Folded, weight: Weight) -> String {
 
 /// The terminal summary: totals, how the target ended, lost events, the
 /// share of unknown frames, the top 10 stacks, and where the files are.
+/// `elapsed` is the recorder's whole run; `recorded_for`, with `--pid
+/// --duration`, how long its probes were on (the rest is its start and
+/// stop).
+#[allow(clippy::too_many_arguments)]
 pub fn print_summary(
     recording: &Recording,
     weight: Weight,
@@ -1017,10 +1028,18 @@ pub fn print_summary(
     folded_path: &Path,
     svg: Option<&Path>,
     elapsed: std::time::Duration,
+    recorded_for: Option<f64>,
 ) {
     let folded = &recording.folded;
     println!();
-    println!("heapprobe:{event}: {} in {:.1} s", summary_line(folded, weight), elapsed.as_secs_f64());
+    match recorded_for {
+        Some(secs) => println!(
+            "heapprobe:{event}: {} recorded for {secs:.1} s ({:.1} s with the recorder's start and stop)",
+            summary_line(folded, weight),
+            elapsed.as_secs_f64()
+        ),
+        None => println!("heapprobe:{event}: {} in {:.1} s", summary_line(folded, weight), elapsed.as_secs_f64()),
+    }
     match (&recording.status, pid) {
         (Some(status), _) => println!("traced program: {status}"),
         (None, Some(pid)) if !Path::new(&format!("/proc/{pid}")).exists() => {
