@@ -110,7 +110,7 @@
 //! or JSON. Every summary puts the estimate beside the exact counters.
 //! [`Heapprobe::profile`] records one scope exactly, and with the `profile`
 //! feature a failing allocation assertion writes its scope's flame graph to
-//! `target/heapprobe/<test>.svg`. Sampled calls fire `heapprobe:sample` and
+//! `target/heapprobe-reports/<test>.svg`. Sampled calls fire `heapprobe:sample` and
 //! `heapprobe:sample_free` (and, feature `otel`, `otel_memory:alloc` /
 //! `otel_memory:free`).
 //!

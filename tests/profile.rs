@@ -133,7 +133,7 @@ fn rate_1_totals_equal_the_exact_counters_of_a_scope() {
     assert_eq!(profile.total_through(View::AllocatedBytes, "known_pattern"), 4_096_000.0);
     assert_eq!(profile.total_through(View::InUseBytes, "known_pattern"), 2_048_000.0);
     assert_eq!(profile.total(View::InUseBytes), exact.current as f64);
-    assert!(profile.summary().contains("estimate off by exact (bytes), exact (objects)"), "{profile}");
+    assert!(profile.summary().contains("the estimate against them: bytes exact, objects exact"), "{profile}");
     drop(v);
 }
 

@@ -107,7 +107,8 @@ fn cargo(dir: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn a_plain_cargo_test_gets_the_failing_assertions_flame_graph_with_the_users_bytes() {
     let dir = project();
-    let folded = dir.join("target/heapprobe/user_test.folded");
+    // A directory of their own, not the traced builds' target/heapprobe.
+    let folded = dir.join("target/heapprobe-reports/user_test.folded");
     let _ = std::fs::remove_file(&folded);
     let out = cargo(&dir, &["test", "--quiet", "--test", "user"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -122,7 +123,9 @@ fn a_plain_cargo_test_gets_the_failing_assertions_flame_graph_with_the_users_byt
         .sum();
     // 3 × 512 bytes, plus the Vec of 3 Vecs (72 bytes), all under user_function.
     assert_eq!(bytes, 3 * 512 + 72, "{text}");
-    assert!(dir.join("target/heapprobe/user_test.svg").is_file());
+    let svg = std::fs::read_to_string(dir.join("target/heapprobe-reports/user_test.svg")).unwrap();
+    // The subtitle gives the total once with its unit ("1.6 KiB", never "1.6 KiB bytes").
+    assert!(svg.contains(" samples, rate ") && !svg.contains("B bytes"), "{svg}");
     // Built without frame pointers, so the stacks came from .eh_frame.
     assert!(stdout.contains("stacks by .eh_frame"), "{stdout}");
 }

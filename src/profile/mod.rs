@@ -279,6 +279,11 @@ fn assertions_opted_out() -> bool {
     false
 }
 
+/// The directory of the target directory where failing assertions write
+/// their profiles: not `heapprobe/`, which is `cargo heapprobe trace`'s
+/// build profile's.
+pub(crate) const REPORTS_DIR: &str = "heapprobe-reports";
+
 /// A scope's recorded tables, kept unread until a check fails (support for
 /// the allocation assertions; not a stable API).
 #[doc(hidden)]
@@ -286,7 +291,9 @@ pub struct Recording(Result<store::Store, ProfileError>);
 
 impl Recording {
     /// Writes the scope's flame graph and folded stacks to
-    /// `target/heapprobe/<test>.*` and says where (the lines of a failure report).
+    /// `target/heapprobe-reports/<test>.*` (a directory of their own, not
+    /// the traced builds' `target/heapprobe/`) and says where (the lines of
+    /// a failure report).
     pub(crate) fn write_for_failure(
         self,
         test: &str,
@@ -299,7 +306,8 @@ impl Recording {
         if let Err(ProfileError::NeedsFeature(feature)) = &self.0 {
             let _ = writeln!(
                 out,
-                "for the scope's flame graph in the report, without perf or root: enable heapprobe's `{feature}`                  feature (in [dev-dependencies]: heapprobe = {{ ..., features = [\"{feature}\"] }})"
+                "for the scope's flame graph in the report, without perf or root: enable heapprobe's `{feature}` \
+                 feature (in [dev-dependencies]: heapprobe = {{ ..., features = [\"{feature}\"] }})"
             );
             return out;
         }
@@ -311,7 +319,7 @@ impl Recording {
             let _ = writeln!(out, "the scope's allocations were not recorded: {note}");
             return out;
         }
-        let dir = target_dir().join("heapprobe");
+        let dir = target_dir().join(REPORTS_DIR);
         let name: String = test
             .replace("::", "-")
             .chars()

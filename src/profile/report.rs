@@ -669,9 +669,8 @@ impl Profile {
         let mut options = flamegraph::Options::default();
         options.title = title.to_owned();
         options.subtitle = Some(format!(
-            "{} {} in {} samples, rate {}, stacks by {}",
+            "{} in {} samples, rate {}, stacks by {}",
             human_or_count(self.total(view), view),
-            view.unit(),
             self.samples,
             self.rate,
             self.unwinder()
@@ -694,11 +693,13 @@ impl Profile {
 }
 
 #[cfg(feature = "profile")]
+/// `8.0 KiB` for bytes (the unit is in the figure), `12 allocations` for
+/// counts.
 fn human_or_count(value: f64, view: View) -> String {
     if view.unit() == "bytes" {
         human(value)
     } else {
-        format!("{value:.0}")
+        format!("{value:.0} {}", view.unit())
     }
 }
 
@@ -779,7 +780,8 @@ impl fmt::Display for Profile {
         match &self.exact {
             Some(exact) => writeln!(
                 f,
-                "  self-check: exact counters {} ({} B) in {} allocations; estimate off by {} (bytes), {} (objects)",
+                "  self-check: exact counters {} ({} B) in {} allocations; the estimate against them: bytes {}, \
+                 objects {}",
                 human(exact.bytes_allocated as f64),
                 exact.bytes_allocated,
                 exact.allocations,

@@ -327,7 +327,10 @@ fn semaphores_in_relro_s_page_are_failed_exactly_when_they_stay_dark() {
     assert!(stderr.contains("--pid once it runs"));
     assert!(!svg.exists());
     let mut running = Command::new(&workload).arg("100000").stdout(std::process::Stdio::null()).spawn().unwrap();
-    let (out, stdout, _) = trace(&["--pid", &running.id().to_string(), "--duration", "1", "--weight", "count"]);
+    // This build has no frame pointers, so its stacks are unknown and the
+    // trace would fail on them; what is checked here is that the probes fire.
+    let pid = running.id().to_string();
+    let (out, stdout, _) = trace(&["--pid", &pid, "--duration", "1", "--weight", "count", "--max-lost", "100"]);
     let _ = running.kill();
     let _ = running.wait();
     assert!(out.status.success());
