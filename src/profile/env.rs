@@ -13,6 +13,13 @@ mod imp {
     /// Where the profile goes at exit (`out=`), set by the constructor.
     static OUT: Mutex<Option<String>> = Mutex::new(None);
 
+    /// [`OUT`], held across a `fork()` (`fork.rs`).
+    pub(crate) type OutGuard = std::sync::MutexGuard<'static, Option<String>>;
+
+    pub(crate) fn lock_out() -> OutGuard {
+        OUT.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs before `main` (an ELF constructor): reads the variable with
     /// `getenv` and starts the profiler if it is set.
     #[used]
@@ -62,11 +69,11 @@ mod imp {
             // SAFETY: getpid has no preconditions.
             None => format!("heapprobe-profile-{}", unsafe { libc::getpid() }),
         };
-        *OUT.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+        *lock_out() = Some(out);
     }
 
     extern "C" fn write_at_exit() {
-        let Some(out) = OUT.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(out) = lock_out().take() else { return };
         // A process that links heapprobe without a `Heapprobe` allocator
         // (a tool, a build script) sampled nothing and says nothing.
         let Some(source) = sampler::GLOBAL.with(|g| g.source) else { return };
@@ -97,3 +104,6 @@ mod imp {
         eprintln!("heapprobe: wrote {}", written.join(", "));
     }
 }
+
+#[cfg(all(target_os = "linux", heapprobe_profiler))]
+pub(crate) use imp::{lock_out, OutGuard};

@@ -62,6 +62,7 @@
 #[cfg(all(feature = "profile", target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 mod eh;
 mod env;
+mod fork;
 mod options;
 #[cfg(feature = "pprof")]
 mod pprof;
@@ -79,6 +80,7 @@ pub use self::report::{Profile, View};
 use crate::alloc::Heapprobe;
 use crate::stats::Stats;
 
+pub(crate) use self::fork::register as fork_register;
 pub(crate) use self::sampler::active;
 
 /// The hooks `src/alloc.rs` calls: on its slow path while [`active`] is

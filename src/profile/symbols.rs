@@ -5,6 +5,8 @@
 //! expanded, Rust names demangled without their hash. Without it: the
 //! addresses in hex.
 
+use std::sync::{Mutex, MutexGuard};
+
 /// One function at an address (several when calls were inlined).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Frame {
@@ -21,16 +23,36 @@ pub(crate) struct Frame {
 /// the whole run. Taken only by threads reading a profile, never on the
 /// allocator path.
 pub(crate) fn resolve_cached(addr: usize) -> Vec<Frame> {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static CACHE: Mutex<Option<HashMap<usize, Vec<Frame>>>> = Mutex::new(None);
-    if let Some(frames) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|c| c.get(&addr)) {
+    if let Some(frames) = lock_cache().as_ref().and_then(|c| c.get(&addr)) {
         return frames.clone();
     }
     // Resolved without the lock: two readers may both name an address.
     let frames = resolve(addr);
-    CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(addr, frames.clone());
+    lock_cache().get_or_insert_with(Cache::new).insert(addr, frames.clone());
     frames
+}
+
+type Cache = std::collections::HashMap<usize, Vec<Frame>>;
+
+/// [`resolve_cached`]'s names.
+static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+
+/// Held while `backtrace` names an address: its own lock and caches must
+/// not be held by another thread when the process forks (`fork.rs`), and
+/// only this lock can be taken around a `fork()`.
+static RESOLVING: Mutex<()> = Mutex::new(());
+
+/// [`CACHE`], held across a `fork()` (`fork.rs`).
+pub(crate) type CacheGuard = MutexGuard<'static, Option<Cache>>;
+/// [`RESOLVING`], held across a `fork()` (`fork.rs`).
+pub(crate) type ResolvingGuard = MutexGuard<'static, ()>;
+
+pub(crate) fn lock_cache() -> CacheGuard {
+    CACHE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn lock_resolving() -> ResolvingGuard {
+    RESOLVING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The frames at `addr`, innermost first. `addr` is a return address, so
@@ -40,6 +62,7 @@ pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
     #[cfg(feature = "profile")]
     {
         let mut frames = Vec::new();
+        let _resolving = lock_resolving();
         backtrace::resolve(lookup as *mut core::ffi::c_void, |symbol| {
             if let Some(name) = symbol.name() {
                 frames.push(Frame {
