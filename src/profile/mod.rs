@@ -245,6 +245,12 @@ fn global_snapshot(exact_now: Option<&dyn Fn() -> Stats>) -> Option<Profile> {
 /// in-use view. The summary's figures are read before this runs, so what
 /// it allocates (the copy of the tables, symbols) does not change them.
 fn write_live_stacks(out: &mut dyn fmt::Write) -> fmt::Result {
+    // Naming and formatting the stacks is heapprobe's own work: never in
+    // the profile, which still runs (and is written after this).
+    sampler::unrecorded(|| write_live_stacks_unrecorded(out))
+}
+
+fn write_live_stacks_unrecorded(out: &mut dyn fmt::Write) -> fmt::Result {
     let Some(profile) = global_snapshot(None) else { return Ok(()) };
     let stopped = if sampler::running() { "" } else { " (as of when the profiler stopped)" };
     let text = profile.live_stacks_text("heapprobe: ", 5, 8);
