@@ -795,7 +795,9 @@ fn percent(before: impl Into<u128>, after: impl Into<u128>) -> String {
 impl fmt::Display for Diff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let w = self.weight_or_plain();
-        writeln!(f, "heapprobe diff ({}): {} -> {}", self.weight_label(), self.before_name, self.after_name)?;
+        let (before, after) =
+            (crate::profile::printable(&self.before_name), crate::profile::printable(&self.after_name));
+        writeln!(f, "heapprobe diff ({}): {before} -> {after}", self.weight_label())?;
         let counted = |n: Option<u64>| n.map(|n| format!(", count {n}")).unwrap_or_default();
         writeln!(f, "  before: {}{}", w.amount(self.before_total), counted(self.before_count))?;
         writeln!(f, "  after:  {}{}", w.amount(self.after_total), counted(self.after_count))?;
@@ -850,7 +852,9 @@ impl fmt::Display for Diff {
                     _ => "",
                 };
                 let count = if cw > 0 { format!("  {count:>cw$}") } else { String::new() };
-                writeln!(f, "  {amount:>aw$}{count}  {}{tag}", row.site())?;
+                // A frame name from a file may hold anything: no escape
+                // sequence reaches the terminal.
+                writeln!(f, "  {amount:>aw$}{count}  {}{tag}", crate::profile::printable(&row.site()))?;
             }
         }
         Ok(())
@@ -1015,6 +1019,7 @@ mod svg {
                 '\'' => out.push_str("&apos;"),
                 // Not allowed in XML 1.0 at all.
                 c if (c as u32) < 0x20 && c != '\t' && c != '\n' => out.push('\u{fffd}'),
+                '\u{fffe}' | '\u{ffff}' => out.push('\u{fffd}'),
                 c => out.push(c),
             }
         }
@@ -1300,6 +1305,22 @@ mod tests {
         assert!(svg.contains(&format!(r#"data-total="{both}""#)), "{svg}");
         assert!(svg.contains(&format!(r#"data-w="{both}" data-d="1""#)), "m is as wide as the root");
         assert!(svg.contains(&format!(r#"data-w="{max}" data-d="2""#)), "a and b are half of it");
+    }
+
+    /// Frame names from a file may hold anything: the SVG stays valid XML
+    /// (no U+FFFE, U+FFFF or control characters) and the terminal summary
+    /// shows escape sequences as text.
+    #[test]
+    fn frame_names_cannot_break_the_svg_or_reach_the_terminal_raw() {
+        let evil = "evil\u{1b}[31m\u{fffe}\u{ffff}\u{7}";
+        let diff = Diff::new(side(&format!("m;{evil} 5\n"), "B"), side("m;ok 6\n", "A"), &Options::default()).unwrap();
+        let svg = diff.svg();
+        assert!(svg.contains("<title>evil\u{fffd}[31m\u{fffd}\u{fffd}\u{fffd}\n"), "{svg}");
+        let forbidden = |c: char| (c < ' ' && c != '\n' && c != '\t') || matches!(c, '\u{fffe}' | '\u{ffff}');
+        assert!(!svg.chars().any(forbidden), "a character XML forbids");
+        let summary = diff.summary();
+        assert!(!summary.chars().any(|c| c.is_control() && c != '\n'), "{summary:?}");
+        assert!(summary.contains(r"evil\u{1b}[31m\u{fffe}\u{ffff}\u{7}"), "{summary}");
     }
 
     #[test]

@@ -82,6 +82,7 @@ use crate::stats::Stats;
 
 pub(crate) use self::fork::register as fork_register;
 pub(crate) use self::sampler::active;
+pub(crate) use self::symbols::printable;
 
 /// The hooks `src/alloc.rs` calls: on its slow path while [`active`] is
 /// true, `on_*`; on its fast path, `slot_crossed` when an allocation passes

@@ -354,7 +354,7 @@ impl Profile {
         }
         let info = self.thread_info(index);
         let end = info.name.iter().position(|b| *b == 0).unwrap_or(info.name.len());
-        let name = String::from_utf8_lossy(&info.name[..end]).into_owned();
+        let name = super::symbols::printable(&String::from_utf8_lossy(&info.name[..end])).into_owned();
         if name.is_empty() {
             format!("tid {}", info.tid)
         } else {

@@ -66,8 +66,8 @@ pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
         backtrace::resolve(lookup as *mut core::ffi::c_void, |symbol| {
             if let Some(name) = symbol.name() {
                 frames.push(Frame {
-                    name: format!("{name:#}"),
-                    file: symbol.filename().map(|f| f.display().to_string()),
+                    name: printable(&format!("{name:#}")).into_owned(),
+                    file: symbol.filename().map(|f| printable(&f.display().to_string()).into_owned()),
                     line: symbol.lineno().unwrap_or(0),
                 });
             }
@@ -78,6 +78,26 @@ pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
     }
     let _ = lookup;
     vec![Frame { name: format!("{addr:#x}"), file: None, line: 0 }]
+}
+
+/// `name` with every character that a terminal would act on (C0 and C1
+/// controls, DEL: escape sequences) or that XML 1.0 forbids (those, and
+/// U+FFFE, U+FFFF) written as a visible `\u{…}` escape: a frame name
+/// reaches terminals, folded files, JSON and SVG, and must be safe in all.
+pub(crate) fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{fffe}' | '\u{ffff}');
+    if !name.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Whether a frame is the profiler's own (or its unwinder's, or the
@@ -137,7 +157,17 @@ pub(crate) fn site_of(stack: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_own, Frame};
+    use super::{is_own, printable, Frame};
+
+    /// Escape sequences and the characters XML forbids become visible
+    /// escapes; everything else, Unicode included, is kept.
+    #[test]
+    fn names_are_printable_on_a_terminal_and_in_xml() {
+        assert_eq!(printable("a\u{1b}[31mred\u{1b}[0m"), "a\\u{1b}[31mred\\u{1b}[0m");
+        assert_eq!(printable("x\u{fffe}y\u{ffff}\u{9b}z\u{7f}"), "x\\u{fffe}y\\u{ffff}\\u{9b}z\\u{7f}");
+        assert_eq!(printable("<T as Trait>::f — é"), "<T as Trait>::f — é");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+    }
 
     fn frame(name: &str, source: Option<&str>) -> Frame {
         Frame { name: name.to_owned(), file: source.map(|s| format!("{}/{s}", env!("CARGO_MANIFEST_DIR"))), line: 1 }
