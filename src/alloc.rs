@@ -831,6 +831,13 @@ static DIVERT_ALL: AtomicBool = AtomicBool::new(false);
 /// or off (outside any allocator call), and allocate nothing while they do.
 static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// [`SWITCH`], held across a `fork()` (`profile/fork.rs`).
+pub(crate) type SwitchGuard = std::sync::MutexGuard<'static, ()>;
+
+pub(crate) fn lock_switch() -> SwitchGuard {
+    SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn set_diverted(key: &AtomicUsize, on: bool) {
     if on {
         key.fetch_or(DIVERTED, SeqCst);
@@ -844,7 +851,7 @@ fn set_diverted(key: &AtomicUsize, on: bool) {
 /// are serialised, so the last one decides, and an instance that registers
 /// meanwhile reads the switch after registering ([`Heapprobe::enable_fast_path`]).
 pub(crate) fn divert_all(change: impl FnOnce() -> bool) {
-    let _switch = SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _switch = lock_switch();
     let on = change();
     if DIVERT_ALL.load(SeqCst) == on {
         return;
@@ -866,7 +873,7 @@ pub(crate) fn divert_all(change: impl FnOnce() -> bool) {
 /// the new rate, or stops its countdown (`profile::hooks::slot_crossed`).
 /// Slots claimed later start at 0 themselves (`Slot::start_owner`).
 pub(crate) fn resample_all() {
-    let _switch = SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _switch = lock_switch();
     for entry in &KEYS {
         let switch = entry.load(SeqCst);
         // SAFETY: as in `divert_all`.
@@ -904,14 +911,16 @@ fn unregister(switch: &Switch) {
     if !KEYS.iter().any(|entry| entry.load(SeqCst) == ptr) {
         return;
     }
-    let _switch = SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // A child forked meanwhile must not inherit `SWITCH` held.
+    crate::profile::fork_register();
+    let _switch = lock_switch();
     for entry in &KEYS {
         let _ = entry.compare_exchange(ptr, core::ptr::null_mut(), SeqCst, SeqCst);
     }
 }
 
-/// The instances in the registry (for tests).
-#[allow(dead_code)]
+/// The instances in the registry (the exit profile: is there one here?).
+#[cfg_attr(not(all(target_os = "linux", heapprobe_profiler)), allow(dead_code))]
 pub(crate) fn registered() -> usize {
     KEYS.iter().filter(|entry| !entry.load(SeqCst).is_null()).count()
 }

@@ -124,7 +124,8 @@ impl Weight {
     }
 
     /// An amount of this weight: `4096 B`, `3`.
-    fn amount(self, value: u64) -> String {
+    fn amount(self, value: impl Into<u128>) -> String {
+        let value = value.into();
         match self {
             Weight::Bytes | Weight::Moved => format!("{value} B"),
             Weight::Count => format!("{value}"),
@@ -241,6 +242,9 @@ impl Folded {
         };
         let mut seen_stack = false;
         let mut seen_header = false;
+        // Every sum over the stacks (a stack's repeated lines, the total,
+        // a frame's inclusive weight) then fits in a u64.
+        let mut total = 0u64;
         for (index, raw) in text.lines().enumerate() {
             let number = index + 1;
             let line = raw.trim_end_matches('\r');
@@ -297,6 +301,14 @@ impl Folded {
                     ));
                 }
             }
+            total = total.checked_add(weight).ok_or_else(|| {
+                malformed(
+                    number,
+                    line,
+                    "the weights add up past 18446744073709551615 (u64::MAX) here: the profile's total \
+                     cannot be represented",
+                )
+            })?;
             seen_stack = true;
             folded.add(stack, weight);
         }
@@ -316,7 +328,9 @@ impl Folded {
         Folded::parse(&text, &path.display().to_string())
     }
 
-    /// Adds `weight` to `stack` (frames root first, joined by `;`).
+    /// Adds `weight` to `stack` (frames root first, joined by `;`),
+    /// saturating at `u64::MAX` ([`parse`](Self::parse) rejects a file
+    /// whose weights add up past it).
     pub fn add(&mut self, stack: &str, weight: u64) {
         let entry = self.stacks.entry(stack.to_owned()).or_insert(0);
         *entry = entry.saturating_add(weight);
@@ -347,7 +361,8 @@ impl Folded {
         self.stacks.get(stack).copied().unwrap_or(0)
     }
 
-    /// The sum of the weights.
+    /// The sum of the weights, saturating at `u64::MAX` (never reached by
+    /// a parsed file).
     pub fn total(&self) -> u64 {
         self.stacks.values().fold(0u64, |a, w| a.saturating_add(*w))
     }
@@ -765,7 +780,8 @@ impl Diff {
     }
 }
 
-fn percent(before: u64, after: u64) -> String {
+fn percent(before: impl Into<u128>, after: impl Into<u128>) -> String {
+    let (before, after) = (before.into(), after.into());
     if before == 0 {
         return if after == 0 { String::from("unchanged") } else { String::from("new") };
     }
@@ -775,7 +791,9 @@ fn percent(before: u64, after: u64) -> String {
 impl fmt::Display for Diff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let w = self.weight_or_plain();
-        writeln!(f, "heapprobe diff ({}): {} -> {}", self.weight_label(), self.before_name, self.after_name)?;
+        let (before, after) =
+            (crate::profile::printable(&self.before_name), crate::profile::printable(&self.after_name));
+        writeln!(f, "heapprobe diff ({}): {before} -> {after}", self.weight_label())?;
         let counted = |n: Option<u64>| n.map(|n| format!(", count {n}")).unwrap_or_default();
         writeln!(f, "  before: {}{}", w.amount(self.before_total), counted(self.before_count))?;
         writeln!(f, "  after:  {}{}", w.amount(self.after_total), counted(self.after_count))?;
@@ -830,7 +848,9 @@ impl fmt::Display for Diff {
                     _ => "",
                 };
                 let count = if cw > 0 { format!("  {count:>cw$}") } else { String::new() };
-                writeln!(f, "  {amount:>aw$}{count}  {}{tag}", row.site())?;
+                // A frame name from a file may hold anything: no escape
+                // sequence reaches the terminal.
+                writeln!(f, "  {amount:>aw$}{count}  {}{tag}", crate::profile::printable(&row.site()))?;
             }
         }
         Ok(())
@@ -927,11 +947,13 @@ mod svg {
     struct Node {
         name: String,
         children: BTreeMap<String, usize>,
-        before: u64,
-        after: u64,
-        before_count: Option<u64>,
-        after_count: Option<u64>,
-        width: u64,
+        // Sums over stacks, of both sides for `width`: u128, which no
+        // number of u64 weights overflows.
+        before: u128,
+        after: u128,
+        before_count: Option<u128>,
+        after_count: Option<u128>,
+        width: u128,
     }
 
     impl Node {
@@ -957,14 +979,14 @@ mod svg {
     fn tree(diff: &Diff) -> Vec<Node> {
         let mut nodes = vec![Node::new("all")];
         for row in &diff.rows {
-            let width = row.before.max(row.after);
+            let width = u128::from(row.before.max(row.after));
             let add = |node: &mut Node| {
-                node.before += row.before;
-                node.after += row.after;
+                node.before += u128::from(row.before);
+                node.after += u128::from(row.after);
                 node.width += width;
                 if let (Some(b), Some(a)) = (row.before_count, row.after_count) {
-                    *node.before_count.get_or_insert(0) += b;
-                    *node.after_count.get_or_insert(0) += a;
+                    *node.before_count.get_or_insert(0) += u128::from(b);
+                    *node.after_count.get_or_insert(0) += u128::from(a);
                 }
             };
             let mut at = 0;
@@ -993,6 +1015,7 @@ mod svg {
                 '\'' => out.push_str("&apos;"),
                 // Not allowed in XML 1.0 at all.
                 c if (c as u32) < 0x20 && c != '\t' && c != '\n' => out.push('\u{fffd}'),
+                '\u{fffe}' | '\u{ffff}' => out.push('\u{fffd}'),
                 c => out.push(c),
             }
         }
@@ -1044,8 +1067,8 @@ mod svg {
         let max_delta = nodes.iter().skip(1).map(|n| n.delta().unsigned_abs()).max().unwrap_or(0);
 
         // Lay out: (node, depth, x in weight units), children in name order.
-        let mut placed: Vec<(usize, usize, u64)> = Vec::new();
-        let mut stack = vec![(0usize, 0usize, 0u64)];
+        let mut placed: Vec<(usize, usize, u128)> = Vec::new();
+        let mut stack = vec![(0usize, 0usize, 0u128)];
         let mut max_depth = 0;
         while let Some((at, depth, x)) = stack.pop() {
             let pixels = nodes[at].width as f64 / total * usable;
@@ -1255,6 +1278,45 @@ mod tests {
         assert!(err("# heapprobe: weight=furlongs\na 1\n").contains("unknown weight"));
         assert!(err("# heapprobe: event=alloc\na 1\n").contains("has no weight="));
         assert!(err("a;b 99999999999999999999999\n").contains("in.folded:1"));
+    }
+
+    /// Weights whose sum does not fit in a u64 are rejected with the file
+    /// and line, not saturated; a diff of two sides that each fit draws
+    /// every frame within its parent (the widths add both sides up).
+    #[test]
+    fn totals_past_u64_are_rejected_and_widths_never_wrap() {
+        let max = u64::MAX;
+        let err = Folded::parse(&format!("a;b {max}\na;b {max}\n"), "in.folded").unwrap_err().to_string();
+        assert!(err.starts_with("in.folded:2: the weights add up past 18446744073709551615"), "{err}");
+        let err = Folded::parse(&format!("a;b {max}\na;c 1\n"), "in.folded").unwrap_err().to_string();
+        assert!(err.starts_with("in.folded:2: "), "{err}");
+        assert_eq!(Folded::parse(&format!("a;b {}\na;c 1\n", max - 1), "x").unwrap().total(), max);
+
+        let diff =
+            Diff::new(side(&format!("m;a {max}\n"), "B"), side(&format!("m;b {max}\n"), "A"), &Options::default())
+                .unwrap();
+        assert_eq!(diff.totals(), (max, max));
+        let svg = diff.svg();
+        let both = 2 * u128::from(max);
+        assert!(svg.contains(&format!(r#"data-total="{both}""#)), "{svg}");
+        assert!(svg.contains(&format!(r#"data-w="{both}" data-d="1""#)), "m is as wide as the root");
+        assert!(svg.contains(&format!(r#"data-w="{max}" data-d="2""#)), "a and b are half of it");
+    }
+
+    /// Frame names from a file may hold anything: the SVG stays valid XML
+    /// (no U+FFFE, U+FFFF or control characters) and the terminal summary
+    /// shows escape sequences as text.
+    #[test]
+    fn frame_names_cannot_break_the_svg_or_reach_the_terminal_raw() {
+        let evil = "evil\u{1b}[31m\u{fffe}\u{ffff}\u{7}";
+        let diff = Diff::new(side(&format!("m;{evil} 5\n"), "B"), side("m;ok 6\n", "A"), &Options::default()).unwrap();
+        let svg = diff.svg();
+        assert!(svg.contains("<title>evil\u{fffd}[31m\u{fffd}\u{fffd}\u{fffd}\n"), "{svg}");
+        let forbidden = |c: char| (c < ' ' && c != '\n' && c != '\t') || matches!(c, '\u{fffe}' | '\u{ffff}');
+        assert!(!svg.chars().any(forbidden), "a character XML forbids");
+        let summary = diff.summary();
+        assert!(!summary.chars().any(|c| c.is_control() && c != '\n'), "{summary:?}");
+        assert!(summary.contains(r"evil\u{1b}[31m\u{fffe}\u{ffff}\u{7}"), "{summary}");
     }
 
     #[test]

@@ -49,10 +49,16 @@
 //! would be lost, and the test would check nothing). [`Snapshot::update`]
 //! sets this in code.
 //!
+//! Each snapshot name belongs to one check: a second check of the same
+//! file in the same run of the tests (in any test binary) fails, naming
+//! both places, rather than overwrite the first with `HEAPPROBE_UPDATE=1`.
+//!
 //! Only the calling thread's allocations are recorded, as in
 //! [`Heapprobe::measure`](crate::Heapprobe::measure), and every one of them
 //! ([`Heapprobe::profile`](crate::Heapprobe::profile), rate 1); the
 //! snapshot checks that the profile's sums equal the exact counters.
+
+mod claims;
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
@@ -195,8 +201,9 @@ pub enum Outcome {
     /// There is no snapshot and none may be written (CI, or
     /// `HEAPPROBE_UPDATE=0`). Fails.
     Missing,
-    /// The stored snapshot cannot be read, the recording is not exact, or
-    /// the file cannot be written. Fails.
+    /// The stored snapshot cannot be read, the recording is not exact, the
+    /// file cannot be written, or another check of the same run (in this
+    /// test binary or another) uses the same snapshot name. Fails.
     Error,
 }
 
@@ -366,6 +373,10 @@ impl Snapshot {
         };
         let display = display_path(&verdict.path);
         let head = format!("heapprobe: allocation snapshot `{}` ({display}) at {location}", self.name);
+        if let Err(e) = claims::claim(&verdict.path, location) {
+            say(Outcome::Error, format!("{head}: {e}\n"));
+            return (result, verdict);
+        }
         let update = match update {
             Ok(update) => update,
             Err(e) => {

@@ -114,6 +114,9 @@ impl Stored {
             }
         }
         if let Some(stacks) = stacks.as_mut() {
+            // The sums over every stack line: with them in a u64, so is
+            // every stack's (a stack may be listed twice) and every frame's.
+            let mut totals = (0u64, 0u64);
             for (n, line) in lines {
                 if line.trim().is_empty() || line.starts_with('#') {
                     continue;
@@ -126,7 +129,18 @@ impl Stored {
                 let (Ok(bytes), Ok(count)) = (bytes.parse::<u64>(), count.parse::<u64>()) else {
                     return Err(malformed(n, line, "not `STACK BYTES ALLOCATIONS`"));
                 };
+                let (Some(total_bytes), Some(total_count)) = (totals.0.checked_add(bytes), totals.1.checked_add(count))
+                else {
+                    return Err(malformed(
+                        n,
+                        line,
+                        "the stacks' bytes or allocations add up past 18446744073709551615 (u64::MAX) here: \
+                         the snapshot's total cannot be represented",
+                    ));
+                };
+                totals = (total_bytes, total_count);
                 let entry = stacks.entry(stack.to_owned()).or_default();
+                // Each at most its total.
                 entry.0 += bytes;
                 entry.1 += count;
             }
@@ -150,4 +164,37 @@ impl Stored {
 /// A snapshot file as one side of a diff (bytes and counts).
 pub(crate) fn side_of(text: &str, origin: &str) -> Result<Side, Error> {
     Stored::parse(text, origin)?.side(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Stored, FIRST_LINE};
+
+    fn file(stacks: &str) -> String {
+        format!("{FIRST_LINE}\nname: x\nallocations: 2\nbytes_allocated: 2\nstacks:\n{stacks}")
+    }
+
+    /// A stack listed twice is summed; sums that do not fit in a u64 are
+    /// rejected with the file and line, not wrapped (nor a panic).
+    #[test]
+    fn repeated_stacks_add_up_and_totals_past_u64_are_rejected_with_the_line() {
+        let stored = Stored::parse(&file("main;f 10 1\nmain;f 5 2\nmain;g 1 1\n"), "x.allocs").unwrap();
+        let stacks = stored.stacks.unwrap();
+        assert_eq!(stacks["main;f"], (15, 3));
+        assert_eq!(stacks["main;g"], (1, 1));
+        let max = u64::MAX;
+        for text in [
+            format!("main;f {max} 1\nmain;f {max} 1\n"),
+            format!("main;f 1 {max}\nmain;f 1 1\n"),
+            format!("main;f {max} 1\nmain;g 1 1\n"),
+        ] {
+            let err = Stored::parse(&file(&text), "x.allocs").err().expect("accepted an unrepresentable total");
+            let err = err.to_string();
+            assert!(err.starts_with("x.allocs:7: "), "{err}");
+            assert!(err.contains("add up past 18446744073709551615"), "{err}");
+        }
+        // The largest representable total is fine.
+        let side = super::side_of(&file(&format!("main;f {} 1\nmain;g 1 1\n", max - 1)), "x.allocs").unwrap();
+        assert_eq!(side.weights().total(), max);
+    }
 }

@@ -13,6 +13,13 @@ mod imp {
     /// Where the profile goes at exit (`out=`), set by the constructor.
     static OUT: Mutex<Option<String>> = Mutex::new(None);
 
+    /// [`OUT`], held across a `fork()` (`fork.rs`).
+    pub(crate) type OutGuard = std::sync::MutexGuard<'static, Option<String>>;
+
+    pub(crate) fn lock_out() -> OutGuard {
+        OUT.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs before `main` (an ELF constructor): reads the variable with
     /// `getenv` and starts the profiler if it is set.
     #[used]
@@ -62,15 +69,23 @@ mod imp {
             // SAFETY: getpid has no preconditions.
             None => format!("heapprobe-profile-{}", unsafe { libc::getpid() }),
         };
-        *OUT.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+        *lock_out() = Some(out);
     }
 
     extern "C" fn write_at_exit() {
-        let Some(out) = OUT.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
-        // A process that links heapprobe without a `Heapprobe` allocator
-        // (a tool, a build script) sampled nothing and says nothing.
-        let Some(source) = sampler::GLOBAL.with(|g| g.source) else { return };
-        let Some(profile) = global_snapshot(Some(&|| source.stats())) else { return };
+        let Some(out) = lock_out().take() else { return };
+        // The first sample names the allocator whose exact counters the
+        // profile is checked against. Without one, a process with a
+        // `Heapprobe` allocator (registered when it bound its first thread)
+        // sampled nothing yet, and still gets its (empty) profile; a process
+        // that links heapprobe without one (a tool, a build script) says
+        // nothing.
+        let source = sampler::GLOBAL.with(|g| g.source);
+        if source.is_none() && crate::alloc::registered() == 0 {
+            return;
+        }
+        let exact = source.map(|source| move || source.stats());
+        let Some(profile) = global_snapshot(exact.as_ref().map(|read| read as &dyn Fn() -> Stats)) else { return };
         sampler::stop();
         let mut written = Vec::new();
         let mut write = |path: String, result: std::io::Result<()>| match result {
@@ -94,6 +109,18 @@ mod imp {
         #[cfg(feature = "pprof")]
         write(format!("{out}.pb.gz"), profile.write_pprof(format!("{out}.pb.gz")));
         eprintln!("{profile}");
-        eprintln!("heapprobe: wrote {}", written.join(", "));
+        let samples = match profile.samples() {
+            0 => format!("no sample: no thread allocated the {} bytes between two samples", profile.rate()),
+            1 => String::from("1 sample"),
+            n => format!("{n} samples"),
+        };
+        if written.is_empty() {
+            eprintln!("heapprobe: no profile file written ({samples})");
+        } else {
+            eprintln!("heapprobe: wrote {} ({samples})", written.join(", "));
+        }
     }
 }
+
+#[cfg(all(target_os = "linux", heapprobe_profiler))]
+pub(crate) use imp::{lock_out, OutGuard};

@@ -62,6 +62,7 @@
 #[cfg(all(feature = "profile", target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 mod eh;
 mod env;
+mod fork;
 mod options;
 #[cfg(feature = "pprof")]
 mod pprof;
@@ -79,7 +80,9 @@ pub use self::report::{Profile, View};
 use crate::alloc::Heapprobe;
 use crate::stats::Stats;
 
+pub(crate) use self::fork::register as fork_register;
 pub(crate) use self::sampler::active;
+pub(crate) use self::symbols::printable;
 
 /// The hooks `src/alloc.rs` calls: on its slow path while [`active`] is
 /// true, `on_*`; on its fast path, `slot_crossed` when an allocation passes
@@ -243,6 +246,12 @@ fn global_snapshot(exact_now: Option<&dyn Fn() -> Stats>) -> Option<Profile> {
 /// in-use view. The summary's figures are read before this runs, so what
 /// it allocates (the copy of the tables, symbols) does not change them.
 fn write_live_stacks(out: &mut dyn fmt::Write) -> fmt::Result {
+    // Naming and formatting the stacks is heapprobe's own work: never in
+    // the profile, which still runs (and is written after this).
+    sampler::unrecorded(|| write_live_stacks_unrecorded(out))
+}
+
+fn write_live_stacks_unrecorded(out: &mut dyn fmt::Write) -> fmt::Result {
     let Some(profile) = global_snapshot(None) else { return Ok(()) };
     let stopped = if sampler::running() { "" } else { " (as of when the profiler stopped)" };
     let text = profile.live_stacks_text("heapprobe: ", 5, 8);

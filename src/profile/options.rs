@@ -36,7 +36,8 @@ pub struct Options {
     /// Mean number of bytes allocated by a thread between two of its
     /// samples; the gaps are drawn from an exponential distribution, so
     /// every byte has the same chance to be sampled. `1` records every
-    /// allocation exactly.
+    /// allocation exactly. `0` is taken as `1` here (the summary then says
+    /// "every allocation (rate 1)"); [`Options::parse`] refuses `rate=0`.
     ///
     /// Default is `524288` (512 KiB, as Go, tcmalloc and Datadog's sampler).
     pub rate: u64,
@@ -144,7 +145,10 @@ impl Options {
             let (key, value) = item.split_once('=').ok_or_else(|| err("not key=value"))?;
             let number = || parse_size(value).ok_or_else(|| err("not a number (k, m, g suffixes allowed)"));
             match key.trim() {
-                "rate" => options.rate = number()?.max(1),
+                "rate" => match number()? {
+                    0 => return Err(err("rate=0 would sample nothing; rate=1 records every allocation")),
+                    rate => options.rate = rate,
+                },
                 "depth" => options.max_depth = number()? as usize,
                 "seed" => options.seed = Some(number()?),
                 "stacks" => options.max_stacks = number()? as usize,
@@ -179,4 +183,20 @@ fn parse_size(value: &str) -> Option<u64> {
         },
     };
     digits.trim().parse::<u64>().ok()?.checked_mul(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+
+    /// `rate=0` is refused, saying what to write instead, never silently
+    /// taken as exact.
+    #[test]
+    fn rate_zero_is_refused_with_the_alternative() {
+        let err = Options::parse("rate=0,out=/tmp/x").unwrap_err();
+        assert_eq!(err.item, "rate=0");
+        assert!(err.to_string().contains("rate=0 would sample nothing; rate=1 records every allocation"), "{err}");
+        assert_eq!(Options::parse("rate=1").unwrap().0.rate, 1);
+        assert!(Options::parse("rate=0k").is_err());
+    }
 }

@@ -354,7 +354,7 @@ impl Profile {
         }
         let info = self.thread_info(index);
         let end = info.name.iter().position(|b| *b == 0).unwrap_or(info.name.len());
-        let name = String::from_utf8_lossy(&info.name[..end]).into_owned();
+        let name = super::symbols::printable(&String::from_utf8_lossy(&info.name[..end])).into_owned();
         if name.is_empty() {
             format!("tid {}", info.tid)
         } else {
@@ -365,33 +365,37 @@ impl Profile {
     /// Each stack's addresses, leaf first, each with its (inlined) frames,
     /// innermost first; the profiler's own frames removed.
     pub(crate) fn resolved(&self) -> &Vec<ResolvedStack> {
-        self.resolved.get_or_init(|| {
-            let mut cache: HashMap<usize, Vec<Frame>> = HashMap::new();
-            self.stacks
-                .iter()
-                .map(|stack| {
-                    if stack.flags & STACK_DROPPED != 0 {
-                        return Vec::new();
-                    }
-                    let start = stack.start as usize;
-                    let frames = &self.frames[start..start + stack.len as usize];
-                    let mut out: Vec<(usize, Vec<Frame>)> = frames
-                        .iter()
-                        .map(|addr| {
-                            (*addr, cache.entry(*addr).or_insert_with(|| super::symbols::resolve_cached(*addr)).clone())
-                        })
-                        .collect();
-                    // The sampler's own frames sit above the allocator's.
-                    let own = out.iter().take_while(|(_, f)| f.iter().all(super::symbols::is_own)).count();
-                    out.drain(..own);
-                    if let Some((_, first)) = out.first_mut() {
-                        let inner = first.iter().take_while(|f| super::symbols::is_own(f)).count();
-                        first.drain(..inner);
-                    }
-                    out
-                })
-                .collect()
-        })
+        // Naming allocates (the symbol tables, their caches): heapprobe's
+        // own work, never recorded.
+        self.resolved.get_or_init(|| super::sampler::unrecorded(|| self.resolve_all()))
+    }
+
+    fn resolve_all(&self) -> Vec<ResolvedStack> {
+        let mut cache: HashMap<usize, Vec<Frame>> = HashMap::new();
+        self.stacks
+            .iter()
+            .map(|stack| {
+                if stack.flags & STACK_DROPPED != 0 {
+                    return Vec::new();
+                }
+                let start = stack.start as usize;
+                let frames = &self.frames[start..start + stack.len as usize];
+                let mut out: Vec<(usize, Vec<Frame>)> = frames
+                    .iter()
+                    .map(|addr| {
+                        (*addr, cache.entry(*addr).or_insert_with(|| super::symbols::resolve_cached(*addr)).clone())
+                    })
+                    .collect();
+                // The sampler's own frames sit above the allocator's.
+                let own = out.iter().take_while(|(_, f)| f.iter().all(super::symbols::is_own)).count();
+                out.drain(..own);
+                if let Some((_, first)) = out.first_mut() {
+                    let inner = first.iter().take_while(|f| super::symbols::is_own(f)).count();
+                    first.drain(..inner);
+                }
+                out
+            })
+            .collect()
     }
 
     /// Each stack's frames, root first, symbolised, with the profiler's own

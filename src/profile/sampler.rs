@@ -160,6 +160,25 @@ impl Drop for Busy {
     }
 }
 
+/// Runs `f` with the calling thread's allocator calls left out of every
+/// profile, as the sampled path's own are: for heapprobe's own work while
+/// the profiler may run (naming stacks, the summary at exit), which must
+/// never show up in a user's profile. Calls made meanwhile are counted as
+/// skipped.
+pub(crate) fn unrecorded<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the mark on every exit path, unwinding included.
+    struct Restore(Option<(&'static ThreadProf, bool)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some((t, was)) = self.0 {
+                t.busy.set(was);
+            }
+        }
+    }
+    let _restore = Restore(thread().map(|t| (t, t.busy.replace(true))));
+    f()
+}
+
 /// The allocator whose exact counters the profile is checked against.
 #[derive(Clone, Copy)]
 pub(crate) struct Source {
@@ -257,6 +276,20 @@ pub(crate) static GLOBAL: Global = Global {
 };
 
 impl Global {
+    /// Takes the lock for a `fork()` (`fork.rs`).
+    pub(crate) fn lock_for_fork(&self) {
+        self.lock.lock_for_fork();
+    }
+
+    /// Releases the lock after a `fork()`, in the parent or the child.
+    ///
+    /// # Safety
+    /// The calling thread took it with [`lock_for_fork`](Self::lock_for_fork).
+    pub(crate) unsafe fn unlock_after_fork(&self) {
+        // SAFETY: the caller's contract.
+        unsafe { self.lock.unlock_after_fork() };
+    }
+
     /// Runs `f` on the global state under the lock. The calling thread is
     /// marked busy meanwhile, so that an allocation made by `f` (when called
     /// from outside the allocator) skips the hooks instead of waiting for
@@ -291,20 +324,48 @@ impl GlobalInner {
     }
 }
 
+/// One calibration per process: it switches the unwinders on and off while
+/// it measures them, so two threads starting their first profile at once
+/// must not interleave. Taken outside the allocator path only.
+static CALIBRATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// [`CALIBRATING`], held across a `fork()` (`fork.rs`).
+pub(crate) type CalibratingGuard = std::sync::MutexGuard<'static, ()>;
+
+pub(crate) fn lock_calibrating() -> CalibratingGuard {
+    CALIBRATING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Before a `fork()` (`fork.rs`): marks the forking thread inside the
+/// profiler, and reads its stack bounds while its identity is still the
+/// parent's. Returns the busy mark it had.
+pub(crate) fn fork_enter() -> bool {
+    let Some(t) = thread() else { return false };
+    stack_hi(t);
+    t.busy.replace(true)
+}
+
+/// After a `fork()`, in the parent or (`in_child`) the child: restores the
+/// busy mark; in the child, the thread registers again under its new id.
+pub(crate) fn fork_leave(busy: bool, in_child: bool) {
+    let Some(t) = thread() else { return };
+    if in_child {
+        t.index.set(0);
+    }
+    t.busy.set(busy);
+}
+
 /// Maps the free filter and measures which stack walk this build supports.
 /// Runs outside the allocator path, once.
 pub(crate) fn ensure_ready() -> Result<(), ProfileError> {
     if !cfg!(heapprobe_profiler) {
         return Err(ProfileError::Unavailable);
     }
+    super::fork::register();
     if !store::filter_init() {
         return Err(ProfileError::Map);
     }
-    // One calibration per process: it switches the unwinders on and off
-    // while it measures them, so two threads starting their first profile
-    // at once must not interleave. Taken outside the allocator path only.
-    static CALIBRATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _calibrating = (CALIBRATED.load(Acquire) == 0).then(|| CALIBRATING.lock().unwrap_or_else(|p| p.into_inner()));
+    let _calibrating = (CALIBRATED.load(Acquire) == 0).then(lock_calibrating);
     if CALIBRATED.load(Acquire) == 0 {
         let hi = thread().map_or(1, stack_hi);
         let calibration = stack::calibrate(hi);

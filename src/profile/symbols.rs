@@ -5,6 +5,8 @@
 //! expanded, Rust names demangled without their hash. Without it: the
 //! addresses in hex.
 
+use std::sync::{Mutex, MutexGuard};
+
 /// One function at an address (several when calls were inlined).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Frame {
@@ -21,16 +23,36 @@ pub(crate) struct Frame {
 /// the whole run. Taken only by threads reading a profile, never on the
 /// allocator path.
 pub(crate) fn resolve_cached(addr: usize) -> Vec<Frame> {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static CACHE: Mutex<Option<HashMap<usize, Vec<Frame>>>> = Mutex::new(None);
-    if let Some(frames) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|c| c.get(&addr)) {
+    if let Some(frames) = lock_cache().as_ref().and_then(|c| c.get(&addr)) {
         return frames.clone();
     }
     // Resolved without the lock: two readers may both name an address.
     let frames = resolve(addr);
-    CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(addr, frames.clone());
+    lock_cache().get_or_insert_with(Cache::new).insert(addr, frames.clone());
     frames
+}
+
+type Cache = std::collections::HashMap<usize, Vec<Frame>>;
+
+/// [`resolve_cached`]'s names.
+static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+
+/// Held while `backtrace` names an address: its own lock and caches must
+/// not be held by another thread when the process forks (`fork.rs`), and
+/// only this lock can be taken around a `fork()`.
+static RESOLVING: Mutex<()> = Mutex::new(());
+
+/// [`CACHE`], held across a `fork()` (`fork.rs`).
+pub(crate) type CacheGuard = MutexGuard<'static, Option<Cache>>;
+/// [`RESOLVING`], held across a `fork()` (`fork.rs`).
+pub(crate) type ResolvingGuard = MutexGuard<'static, ()>;
+
+pub(crate) fn lock_cache() -> CacheGuard {
+    CACHE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn lock_resolving() -> ResolvingGuard {
+    RESOLVING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The frames at `addr`, innermost first. `addr` is a return address, so
@@ -40,11 +62,12 @@ pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
     #[cfg(feature = "profile")]
     {
         let mut frames = Vec::new();
+        let _resolving = lock_resolving();
         backtrace::resolve(lookup as *mut core::ffi::c_void, |symbol| {
             if let Some(name) = symbol.name() {
                 frames.push(Frame {
-                    name: format!("{name:#}"),
-                    file: symbol.filename().map(|f| f.display().to_string()),
+                    name: printable(&format!("{name:#}")).into_owned(),
+                    file: symbol.filename().map(|f| printable(&f.display().to_string()).into_owned()),
                     line: symbol.lineno().unwrap_or(0),
                 });
             }
@@ -55,6 +78,26 @@ pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
     }
     let _ = lookup;
     vec![Frame { name: format!("{addr:#x}"), file: None, line: 0 }]
+}
+
+/// `name` with every character that a terminal would act on (C0 and C1
+/// controls, DEL: escape sequences) or that XML 1.0 forbids (those, and
+/// U+FFFE, U+FFFF) written as a visible `\u{…}` escape: a frame name
+/// reaches terminals, folded files, JSON and SVG, and must be safe in all.
+pub(crate) fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{fffe}' | '\u{ffff}');
+    if !name.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Whether a frame is the profiler's own (or its unwinder's, or the
@@ -114,7 +157,17 @@ pub(crate) fn site_of(stack: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_own, Frame};
+    use super::{is_own, printable, Frame};
+
+    /// Escape sequences and the characters XML forbids become visible
+    /// escapes; everything else, Unicode included, is kept.
+    #[test]
+    fn names_are_printable_on_a_terminal_and_in_xml() {
+        assert_eq!(printable("a\u{1b}[31mred\u{1b}[0m"), "a\\u{1b}[31mred\\u{1b}[0m");
+        assert_eq!(printable("x\u{fffe}y\u{ffff}\u{9b}z\u{7f}"), "x\\u{fffe}y\\u{ffff}\\u{9b}z\\u{7f}");
+        assert_eq!(printable("<T as Trait>::f — é"), "<T as Trait>::f — é");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+    }
 
     fn frame(name: &str, source: Option<&str>) -> Frame {
         Frame { name: name.to_owned(), file: source.map(|s| format!("{}/{s}", env!("CARGO_MANIFEST_DIR"))), line: 1 }

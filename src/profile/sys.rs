@@ -134,6 +134,22 @@ impl SpinLock {
         }
         SpinGuard { lock: self }
     }
+
+    /// Takes the lock in the fork handler (`fork.rs`), without a guard:
+    /// it stays held across the `fork()`.
+    pub(crate) fn lock_for_fork(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases what [`lock_for_fork`](Self::lock_for_fork) took, in the
+    /// parent and in the child (whose one thread is the one that took it).
+    ///
+    /// # Safety
+    /// The calling thread took the lock with `lock_for_fork` and has not
+    /// released it since.
+    pub(crate) unsafe fn unlock_after_fork(&self) {
+        self.locked.store(false, Release);
+    }
 }
 
 pub(crate) struct SpinGuard<'a> {
