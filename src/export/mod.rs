@@ -61,13 +61,15 @@ mod profiler;
 mod prometheus;
 #[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
+mod worker;
 
 #[cfg(feature = "server")]
-pub use self::endpoints::{Endpoints, Pprof, Profiler, Reply, Response};
+pub use self::endpoints::{Endpoints, Pprof, Profiler, Reply, Response, Work, PROFILE_TIMEOUT};
 #[cfg(feature = "json")]
 pub use self::json::stats_json;
 #[cfg(all(feature = "server", feature = "pprof"))]
-pub use self::profiler::{HeapProfiler, LIVE_LIMIT};
+pub use self::profiler::{HeapProfiler, LIVE_LIMIT, LIVE_MAX_BYTES};
 #[cfg(feature = "prometheus")]
 pub use self::prometheus::{
     openmetrics_text, prometheus_text, Collector, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, SIZE_BUCKETS,

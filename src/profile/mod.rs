@@ -62,6 +62,8 @@
 #[cfg(all(feature = "profile", target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 mod eh;
 mod env;
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) mod interrupt;
 mod options;
 #[cfg(feature = "pprof")]
 mod pprof;
@@ -85,6 +87,13 @@ pub(crate) use self::sampler::active;
 /// true, `on_*`; on its fast path, `slot_crossed` when an allocation passes
 /// the slot's next sample, the inline `free_due` on a diverted free or
 /// realloc, and the sampled work when one of them says so.
+/// Frees the caches that naming a profile's addresses filled (the profile
+/// routes call it after each request).
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) fn release_symbols() {
+    symbols::release();
+}
+
 pub(crate) mod hooks {
     pub(crate) use super::sampler::{
         detach, fast_sampled_alloc, fast_sampled_realloc, free_due, freed, on_alloc, on_dealloc, on_realloc,

@@ -5,6 +5,9 @@
 //! expanded, Rust names demangled without their hash. Without it: the
 //! addresses in hex.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 /// One function at an address (several when calls were inlined).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Frame {
@@ -13,17 +16,12 @@ pub(crate) struct Frame {
     pub(crate) line: u32,
 }
 
-/// [`resolve`], remembered for the life of the process: a service whose
-/// profile is read again and again (a scraper every few seconds, a delta
-/// profile that must answer soon after its `N` seconds) names each address
-/// once. An address keeps its names as long as the code there stays
-/// mapped, which for the executable and the libraries loaded at start is
-/// the whole run. Taken only by threads reading a profile, never on the
-/// allocator path.
+/// [`resolve`], remembered until [`release`]: a profile names each
+/// address once however many stacks hold it, and the profile routes
+/// release the names at the end of each request (`export`'s worker), so
+/// that reading a profile keeps no heap (issue 21). Taken only by threads
+/// reading a profile, never on the allocator path.
 pub(crate) fn resolve_cached(addr: usize) -> Vec<Frame> {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static CACHE: Mutex<Option<HashMap<usize, Vec<Frame>>>> = Mutex::new(None);
     if let Some(frames) = CACHE.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|c| c.get(&addr)) {
         return frames.clone();
     }
@@ -31,6 +29,18 @@ pub(crate) fn resolve_cached(addr: usize) -> Vec<Frame> {
     let frames = resolve(addr);
     CACHE.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(addr, frames.clone());
     frames
+}
+
+static CACHE: Mutex<Option<HashMap<usize, Vec<Frame>>>> = Mutex::new(None);
+
+/// Frees what naming addresses keeps: [`resolve_cached`]'s names, and the
+/// `backtrace` crate's global cache (the parsed DWARF of up to four loaded
+/// objects, tens of MiB for a large binary, which it otherwise keeps for
+/// the life of the process).
+pub(crate) fn release() {
+    drop(CACHE.lock().unwrap_or_else(|p| p.into_inner()).take());
+    #[cfg(feature = "profile")]
+    backtrace::clear_symbol_cache();
 }
 
 /// The frames at `addr`, innermost first. `addr` is a return address, so
