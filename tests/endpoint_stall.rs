@@ -123,7 +123,43 @@ fn a_heavy_profile_request_stalls_nothing_and_stops_when_its_client_goes() {
     for churner in churners {
         churner.join().unwrap();
     }
+    server.shutdown().unwrap();
+
+    // Bounded in size: the body stops at the bound and says so.
+    const MAX_BYTES: usize = 1 << 20;
+    let mut options = Options::default();
+    options.address.set_port(0);
+    options.profile_timeout = Duration::from_secs(600);
+    options.connection_timeout = Duration::from_secs(600);
+    options.profiler = Some(Arc::new(HeapProfiler::new(&GLOBAL).live_max_bytes(MAX_BYTES)));
+    let server = heapprobe::serve_with(&GLOBAL, options).unwrap();
+    let (status, body) = get(server.local_addr(), "/debug/heap/live?limit=2000000", Duration::from_secs(600))
+        .expect("the bounded live map never came");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(body.len() <= MAX_BYTES, "{} bytes", body.len());
+    let live: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(live["truncated"], true);
+    assert_eq!(live["truncated_by"], serde_json::json!(["size"]), "{}", live["truncated_by"]);
+    assert_eq!(live["max_body_bytes"].as_u64(), Some(MAX_BYTES as u64));
+    let listed = live["length_memory_array"].as_u64().unwrap();
+    assert!(listed > 10 && listed < LIVE_BLOCKS as u64, "{listed} blocks listed");
+    assert_eq!(live["memory"].as_array().unwrap().len() as u64, listed);
+    assert_eq!(live["blocks"].as_array().unwrap().len() as u64, listed);
+    assert!(live["live_blocks"].as_u64().unwrap() >= LIVE_BLOCKS as u64, "{}", live["live_blocks"]);
+    server.shutdown().unwrap();
+
+    // Bounded in time: past the bound the route answers 503 and says so.
+    let mut options = Options::default();
+    options.address.set_port(0);
+    options.profile_timeout = Duration::from_millis(1);
+    let server = heapprobe::serve_with(&GLOBAL, options).unwrap();
+    let (status, body) = get(server.local_addr(), "/debug/heap/live?limit=2000000", Duration::from_secs(120))
+        .expect("the time-bounded live map never answered");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("time bound (1 ms"), "{body}");
+    server.shutdown().unwrap();
+
     let _ = GLOBAL.stop_profiler();
     drop(kept);
-    server.shutdown().unwrap();
 }
