@@ -90,7 +90,8 @@ fn a_heavy_profile_request_stalls_nothing_and_stops_when_its_client_goes() {
 
     let (started, starts) = mpsc::channel();
     let (answered, answers) = mpsc::channel();
-    let watched = Watched { inner: HeapProfiler::new(&GLOBAL), started: Mutex::new(started), answered: Mutex::new(answered) };
+    let watched =
+        Watched { inner: HeapProfiler::new(&GLOBAL), started: Mutex::new(started), answered: Mutex::new(answered) };
     let mut options = Options::default();
     options.address.set_port(0);
     options.profiler = Some(Arc::new(watched));

@@ -451,7 +451,9 @@ impl Endpoints {
             None => self.later(Duration::ZERO, Box::new(move || profiler.pprof(kind))),
             // The first snapshot is taken now, when the request arrives (a
             // copy of the tables, not named: short).
-            Some(n) => match catch_unwind(AssertUnwindSafe(|| profiler.pprof_delta(kind))).unwrap_or_else(|_| Err(panicked())) {
+            Some(n) => match catch_unwind(AssertUnwindSafe(|| profiler.pprof_delta(kind)))
+                .unwrap_or_else(|_| Err(panicked()))
+            {
                 Ok(then) => self.later(Duration::from_secs(n), then),
                 Err(response) => Reply::Now(response),
             },

@@ -64,7 +64,11 @@ impl Worker {
 
     /// Runs `job` on the worker, within `limit` from now; the future
     /// answers its response. Dropping the future cancels the job.
-    pub(crate) fn run(&self, job: Job, limit: Duration) -> impl std::future::Future<Output = Response> + Send + 'static {
+    pub(crate) fn run(
+        &self,
+        job: Job,
+        limit: Duration,
+    ) -> impl std::future::Future<Output = Response> + Send + 'static {
         let interrupt = Arc::new(Interrupt::new(limit));
         let (reply, answer) = tokio::sync::oneshot::channel();
         let task = Task { job, interrupt: Arc::clone(&interrupt), reply };
