@@ -267,6 +267,15 @@ pub(crate) struct ServerSide {
 /// | `/reset-peak` | POST | restarts the process-wide peak at the current use |
 /// | `/profiler/start`, `/profiler/stop` | POST | start or stop the profiler; needs a [`Profiler`] |
 ///
+/// Bounds: `/`, `/metrics`, `/stats` and `/reset-peak` answer at once
+/// from the counters (a few KiB) on the calling thread. The routes that
+/// need a profiler run as [`Work`] on a worker thread of the `Endpoints`'
+/// own, one at a time, so they never hold up the others; each is bounded
+/// in time by [`profile_timeout`](Self::profile_timeout) (20 s; then `503`),
+/// cancelled when its request is dropped, and in size by the profiler's
+/// tables (pprof) or `HeapProfiler::live_max_bytes`
+/// (the live map, 64 MiB, its truncation stated in the body).
+///
 /// Read-only routes answer GET and HEAD, the others POST only; any other
 /// method gets `405` with an `Allow` header, an unknown path `404` with the
 /// list. Routes that need a profiler answer `501` until one is attached.

@@ -41,7 +41,8 @@
 //! `realloc_grown - realloc_shrunk`.
 //!
 //! The standalone server adds its own overhead, measured exactly on its
-//! thread: `heapprobe_endpoint_requests_total`,
+//! threads (the server's, and the profile routes' worker as of its last
+//! request): `heapprobe_endpoint_requests_total`,
 //! `heapprobe_endpoint_allocations_total`,
 //! `heapprobe_endpoint_allocated_bytes_total`,
 //! `heapprobe_endpoint_deallocations_total`,

@@ -165,7 +165,10 @@ impl fmt::Debug for Server {
 /// http://127.0.0.1:6060/debug/pprof/heap`. What the server allocates to answer
 /// requests (its runtime, connections, rendering) is counted like every
 /// allocation, and also shown apart as the endpoint's own overhead:
-/// `heapprobe_endpoint_*` in `/metrics`, `"endpoint"` in `/stats`.
+/// `heapprobe_endpoint_*` in `/metrics`, `"endpoint"` in `/stats`. The
+/// profile routes run on a worker thread of their own
+/// ([`Work`](super::Work)); its counters join the overhead at the end of
+/// each of its requests.
 pub fn serve<A: Sync>(probe: &'static Heapprobe<A>, address: impl ToSocketAddrs) -> io::Result<Server> {
     let addresses: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
     let listener = bind(&addresses)?;
@@ -269,8 +272,9 @@ struct Shared {
     options: Options,
 }
 
-/// The server's thread: everything it does allocates here, so its own
-/// counters are the endpoint's overhead.
+/// The server's thread: everything it does but the profile routes' work
+/// (on the worker, `export::worker`) allocates here, so its own counters,
+/// plus the worker's, are the endpoint's overhead.
 fn run(
     source: &'static dyn Source,
     listener: StdListener,
