@@ -13,6 +13,7 @@ use hyper::body::Bytes;
 use hyper::{header, Method, StatusCode};
 
 use super::prometheus::{render, to_prometheus_text, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
+use super::worker::Worker;
 use super::{Overhead, Source};
 use crate::{Heapprobe, Stats};
 
@@ -48,28 +49,64 @@ impl Response {
     }
 }
 
-/// What a route answers: a response now, or one to compute after a wait
-/// (a delta profile: `?seconds=N`) that must not block a thread.
+/// What a route answers: a response now, or [`Work`] for heapprobe's
+/// profile worker (the profile routes), maybe after a wait (a delta
+/// profile: `?seconds=N`) that must not block a thread.
 #[non_exhaustive]
 pub enum Reply {
     /// Send this.
     Now(Response),
-    /// Wait this long (asynchronously), then send what the function returns.
-    After(Duration, Box<dyn FnOnce() -> Response + Send>),
+    /// Wait [`Work::wait`] (asynchronously), then send what the work
+    /// answers; it runs on the profile worker, not on the calling thread.
+    Later(Work),
 }
 
 impl Reply {
     /// The response, waiting with `sleep` first if there is a wait; for
     /// frameworks other than the `http`-based ones [`Endpoints::handle`]
     /// serves (with tokio: `reply.resolve(tokio::time::sleep).await`).
+    /// Work runs on the profile worker while this future waits for it
+    /// (without blocking the thread that polls it); dropping the future
+    /// cancels the work.
     pub async fn resolve<F: Future>(self, sleep: impl FnOnce(Duration) -> F) -> Response {
         match self {
             Reply::Now(response) => response,
-            Reply::After(wait, then) => {
-                sleep(wait).await;
-                guarded(then)
+            Reply::Later(work) => {
+                if !work.wait.is_zero() {
+                    sleep(work.wait).await;
+                }
+                work.worker.run(work.job, work.limit).await
             }
         }
+    }
+}
+
+/// A profile route's work: a [`Profiler`] call, run on the profile worker,
+/// `heapprobe-profile`, a thread of the [`Endpoints`]' own (started at the
+/// first profile request), one call at a time, so that the thread that
+/// answers requests goes on answering `/metrics` while a profile is
+/// rendered. It is bounded in time by [`Endpoints::profile_timeout`] from
+/// the request (its wait not included), and cancelled when the future
+/// that awaits it is dropped (the client closed the connection): the
+/// in-process profiler's rendering checks both and stops part way.
+pub struct Work {
+    wait: Duration,
+    limit: Duration,
+    job: Box<dyn FnOnce() -> Response + Send>,
+    worker: Arc<Worker>,
+}
+
+impl Work {
+    /// How long to wait before the work starts (a delta profile's
+    /// `seconds`); zero for none.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Work").field("wait", &self.wait).field("limit", &self.limit).finish_non_exhaustive()
     }
 }
 
@@ -100,6 +137,11 @@ impl Pprof {
 /// The routes check the method and the query (`seconds` is validated
 /// against [`Endpoints::max_profile_seconds`]) before calling these.
 pub trait Profiler: Send + Sync + 'static {
+    /// The calls below run on the profile worker ([`Work`]), one at a time;
+    /// the in-process profiler's rendering stops part way when the request
+    /// is cancelled or past its time bound, other implementations run to
+    /// their end (and their answer is then replaced by `503`).
+    ///
     /// `GET /debug/pprof/heap` or `/debug/pprof/allocs`: a gzipped pprof
     /// protobuf (`Response::new(200, "application/octet-stream", bytes)`).
     fn pprof(&self, kind: Pprof) -> Response {
@@ -225,6 +267,15 @@ pub(crate) struct ServerSide {
 /// | `/reset-peak` | POST | restarts the process-wide peak at the current use |
 /// | `/profiler/start`, `/profiler/stop` | POST | start or stop the profiler; needs a [`Profiler`] |
 ///
+/// Bounds: `/`, `/metrics`, `/stats` and `/reset-peak` answer at once
+/// from the counters (a few KiB) on the calling thread. The routes that
+/// need a profiler run as [`Work`] on a worker thread of the `Endpoints`'
+/// own, one at a time, so they never hold up the others; each is bounded
+/// in time by [`profile_timeout`](Self::profile_timeout) (20 s; then `503`),
+/// cancelled when its request is dropped, and in size by the profiler's
+/// tables (pprof) or `HeapProfiler::live_max_bytes`
+/// (the live map, 64 MiB, its truncation stated in the body).
+///
 /// Read-only routes answer GET and HEAD, the others POST only; any other
 /// method gets `405` with an `Allow` header, an unknown path `404` with the
 /// list. Routes that need a profiler answer `501` until one is attached.
@@ -237,8 +288,13 @@ pub struct Endpoints {
     source: &'static dyn Source,
     profiler: Option<Arc<dyn Profiler>>,
     max_profile_seconds: u64,
+    profile_timeout: Duration,
+    worker: Arc<Worker>,
     pub(crate) server: Option<ServerSide>,
 }
+
+/// The default time bound of a profile route ([`Endpoints::profile_timeout`]).
+pub const PROFILE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Endpoints {
     /// Every path the routes answer.
@@ -259,7 +315,14 @@ impl Endpoints {
     }
 
     pub(crate) fn from_source(source: &'static dyn Source) -> Self {
-        Self { source, profiler: None, max_profile_seconds: 60, server: None }
+        Self {
+            source,
+            profiler: None,
+            max_profile_seconds: 60,
+            profile_timeout: PROFILE_TIMEOUT,
+            worker: Arc::new(Worker::new(source)),
+            server: None,
+        }
     }
 
     /// Serves the profile routes from `profiler`.
@@ -272,6 +335,17 @@ impl Endpoints {
     /// `400`. Default is 60.
     pub fn max_profile_seconds(mut self, seconds: u64) -> Self {
         self.max_profile_seconds = seconds;
+        self
+    }
+
+    /// The longest a profile route may take, from its request (or the end
+    /// of a delta profile's wait) to its answer: past it, the in-process
+    /// profiler stops rendering and the route answers `503`, saying so.
+    /// The time spent queued behind another profile request counts. Default
+    /// is [`PROFILE_TIMEOUT`] (20 s, under the standalone server's 30 s
+    /// connection lifetime, which also cancels the work).
+    pub fn profile_timeout(mut self, timeout: Duration) -> Self {
+        self.profile_timeout = timeout;
         self
     }
 
@@ -303,7 +377,12 @@ impl Endpoints {
                 .with_header("allow", allow),
             );
         }
-        let profiler = self.profiler.as_deref();
+        let profiler = self.profiler.clone();
+        let owned = query.map(str::to_owned);
+        let on_worker = |job: fn(&dyn Profiler, Option<&str>) -> Response| match profiler {
+            Some(profiler) => self.later(Duration::ZERO, Box::new(move || job(&*profiler, owned.as_deref()))),
+            None => Reply::Now(not_attached(path)),
+        };
         Reply::Now(match info.route {
             Route::Index => Response::text(200, self.index()),
             Route::Metrics => {
@@ -323,7 +402,7 @@ impl Endpoints {
                 Response::new(200, "application/json", stats_document(&stats, own.as_ref()))
             }
             Route::Pprof(kind) => return self.pprof(kind, query),
-            Route::Live => profiler.map_or_else(|| not_attached(path), |p| p.live(query)),
+            Route::Live => return on_worker(|p, query| p.live(query)),
             Route::ResetPeak => {
                 let before = self.source.stats().peak;
                 self.source.reset_peak();
@@ -336,9 +415,13 @@ impl Endpoints {
                     ),
                 )
             }
-            Route::Start => profiler.map_or_else(|| not_attached(path), |p| p.start()),
-            Route::Stop => profiler.map_or_else(|| not_attached(path), |p| p.stop()),
+            Route::Start => return on_worker(|p, _| p.start()),
+            Route::Stop => return on_worker(|p, _| p.stop()),
         })
+    }
+
+    fn later(&self, wait: Duration, job: Box<dyn FnOnce() -> Response + Send>) -> Reply {
+        Reply::Later(Work { wait, limit: self.profile_timeout, job, worker: Arc::clone(&self.worker) })
     }
 
     fn pprof(&self, kind: Pprof, query: Option<&str>) -> Reply {
@@ -372,11 +455,15 @@ impl Endpoints {
                 }
             }
         }
-        let Some(profiler) = self.profiler.as_deref() else { return Reply::Now(not_attached(path)) };
+        let Some(profiler) = self.profiler.clone() else { return Reply::Now(not_attached(path)) };
         match seconds {
-            None => Reply::Now(profiler.pprof(kind)),
-            Some(n) => match profiler.pprof_delta(kind) {
-                Ok(then) => Reply::After(Duration::from_secs(n), then),
+            None => self.later(Duration::ZERO, Box::new(move || profiler.pprof(kind))),
+            // The first snapshot is taken now, when the request arrives (a
+            // copy of the tables, not named: short).
+            Some(n) => match catch_unwind(AssertUnwindSafe(|| profiler.pprof_delta(kind)))
+                .unwrap_or_else(|_| Err(panicked()))
+            {
+                Ok(then) => self.later(Duration::from_secs(n), then),
                 Err(response) => Reply::Now(response),
             },
         }
@@ -389,8 +476,12 @@ impl Endpoints {
             Some(side) if side.own_stats && std::thread::current().id() == side.thread => {
                 // This thread first, then the process, with no allocation in
                 // between: the process figures hold exactly this thread's.
+                // The profile worker's, as of its last request, first: they
+                // are already in what this thread then reads.
+                let worker = self.worker.stats();
                 let own = self.source.thread_stats();
                 let stats = self.source.stats();
+                let own = worker.map_or(own, |worker| own + worker);
                 (stats, Some(Overhead { requests: side.requests.load(Relaxed), stats: own }))
             }
             _ => (self.source.stats(), None),
@@ -443,8 +534,8 @@ impl Endpoints {
                 let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
                 let reply = catch_unwind(AssertUnwindSafe(|| self.respond(method, uri.path(), uri.query(), accept)))
                     .unwrap_or_else(|_| Reply::Now(panicked()));
-                if let (Reply::After(wait, _), Some(allowance)) = (&reply, allowance) {
-                    allowance.fetch_add(wait.as_millis() as u64, Relaxed);
+                if let (Reply::Later(work), Some(allowance)) = (&reply, allowance) {
+                    allowance.fetch_add(work.wait.as_millis() as u64, Relaxed);
                 }
                 reply
             }
@@ -502,11 +593,7 @@ fn host_is_local(host: &[u8]) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
-fn guarded(f: impl FnOnce() -> Response) -> Response {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| panicked())
-}
-
-fn panicked() -> Response {
+pub(crate) fn panicked() -> Response {
     Response::text(500, "heapprobe: the handler panicked (the message went to stderr); the server goes on\n")
 }
 

@@ -41,7 +41,8 @@
 //! `realloc_grown - realloc_shrunk`.
 //!
 //! The standalone server adds its own overhead, measured exactly on its
-//! thread: `heapprobe_endpoint_requests_total`,
+//! threads (the server's, and the profile routes' worker as of its last
+//! request): `heapprobe_endpoint_requests_total`,
 //! `heapprobe_endpoint_allocations_total`,
 //! `heapprobe_endpoint_allocated_bytes_total`,
 //! `heapprobe_endpoint_deallocations_total`,
@@ -61,13 +62,15 @@ mod profiler;
 mod prometheus;
 #[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
+mod worker;
 
 #[cfg(feature = "server")]
-pub use self::endpoints::{Endpoints, Pprof, Profiler, Reply, Response};
+pub use self::endpoints::{Endpoints, Pprof, Profiler, Reply, Response, Work, PROFILE_TIMEOUT};
 #[cfg(feature = "json")]
 pub use self::json::stats_json;
 #[cfg(all(feature = "server", feature = "pprof"))]
-pub use self::profiler::{HeapProfiler, LIVE_LIMIT};
+pub use self::profiler::{HeapProfiler, LIVE_LIMIT, LIVE_MAX_BYTES};
 #[cfg(feature = "prometheus")]
 pub use self::prometheus::{
     openmetrics_text, prometheus_text, Collector, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, SIZE_BUCKETS,

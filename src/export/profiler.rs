@@ -6,12 +6,18 @@
 use std::fmt;
 
 use super::endpoints::{Pprof, Profiler, Response};
-use crate::profile::{self, Options, Profile, ProfileError, View};
+use super::worker::stopped;
+use crate::profile::{self, interrupt, Options, Profile, ProfileError, View};
 use crate::Heapprobe;
 
 /// The default most blocks `/debug/heap/live` lists (`?limit=N` changes it
 /// per request).
 pub const LIVE_LIMIT: usize = 100_000;
+
+/// The default largest `/debug/heap/live` body, in bytes (64 MiB): blocks
+/// beyond it are left out, the smallest first, and the body says so
+/// (`"truncated_by": [… "size"]`, `"max_body_bytes"`).
+pub const LIVE_MAX_BYTES: usize = 64 << 20;
 
 /// The in-process profiler over one `Heapprobe` instance (usually the
 /// `#[global_allocator]`), for [`Endpoints::profiler`](super::Endpoints::profiler)
@@ -23,7 +29,7 @@ pub const LIVE_LIMIT: usize = 100_000;
 /// | `GET /debug/pprof/heap` | gzipped pprof, default sample type `inuse_space` (Go's four heap types) |
 /// | `GET /debug/pprof/allocs` | the same, default sample type `alloc_space` |
 /// | `GET …?seconds=N` | what was allocated (and how the in-use view changed) during the next `N` seconds |
-/// | `GET /debug/heap/live` | the live blocks as JSON ([`Profile::live_map_json`]); `?limit=N` |
+/// | `GET /debug/heap/live` | the live blocks as JSON ([`Profile::live_map_json`]); `?limit=N`; at most [`live_max_bytes`](Self::live_max_bytes) |
 /// | `POST /profiler/start` | starts the profiler with [`start_options`](Self::start_options) |
 /// | `POST /profiler/stop` | stops it and answers its summary |
 ///
@@ -40,6 +46,7 @@ pub struct HeapProfiler {
     heap: &'static dyn Instance,
     start_options: Options,
     live_limit: usize,
+    live_max_bytes: usize,
 }
 
 impl HeapProfiler {
@@ -47,7 +54,7 @@ impl HeapProfiler {
     /// checked against. `POST /profiler/start` uses the default
     /// [`Options`] (512 KiB).
     pub fn new<A: Sync>(heap: &'static Heapprobe<A>) -> Self {
-        Self { heap, start_options: Options::default(), live_limit: LIVE_LIMIT }
+        Self { heap, start_options: Options::default(), live_limit: LIVE_LIMIT, live_max_bytes: LIVE_MAX_BYTES }
     }
 
     /// The options `POST /profiler/start` starts the profiler with. Default
@@ -65,6 +72,15 @@ impl HeapProfiler {
         self.live_limit = limit;
         self
     }
+
+    /// The largest `/debug/heap/live` body, in bytes (at least 4 KiB):
+    /// blocks that do not fit are left out, the smallest first, and the body
+    /// says so (`"truncated_by"` holds `"size"`). Rendering it holds at most
+    /// twice this. Default is [`LIVE_MAX_BYTES`] (64 MiB).
+    pub fn live_max_bytes(mut self, bytes: usize) -> Self {
+        self.live_max_bytes = bytes;
+        self
+    }
 }
 
 impl fmt::Debug for HeapProfiler {
@@ -72,6 +88,7 @@ impl fmt::Debug for HeapProfiler {
         f.debug_struct("HeapProfiler")
             .field("start_options", &self.start_options)
             .field("live_limit", &self.live_limit)
+            .field("live_max_bytes", &self.live_max_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -111,7 +128,11 @@ fn pprof_response(kind: Pprof, profile: &Profile) -> Response {
         Pprof::Heap => (View::InUseBytes, "heap"),
         Pprof::Allocs => (View::AllocatedBytes, "allocs"),
     };
-    Response::new(200, "application/octet-stream", profile.pprof_as(view))
+    let body = profile.pprof_as(view);
+    if let Some(stop) = interrupt::stopped() {
+        return stopped(stop);
+    }
+    Response::new(200, "application/octet-stream", body)
         .with_header("content-disposition", format!("attachment; filename=\"{name}\""))
 }
 
@@ -165,7 +186,13 @@ impl Profiler for HeapProfiler {
             }
         }
         match self.heap.snapshot() {
-            Some(profile) => Response::new(200, "application/json", profile.live_map_json(limit)),
+            Some(profile) => {
+                let body = profile.live_map_json_bounded(limit, self.live_max_bytes);
+                match interrupt::stopped() {
+                    Some(stop) => stopped(stop),
+                    None => Response::new(200, "application/json", body),
+                }
+            }
             None => never_ran("/debug/heap/live"),
         }
     }

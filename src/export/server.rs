@@ -53,6 +53,14 @@ pub struct Options {
     pub max_header_bytes: usize,
     /// The longest delta profile (`?seconds=N`) answered. Default is 60.
     pub max_profile_seconds: u64,
+    /// The longest a profile route (`/debug/pprof/*`, `/debug/heap/live`,
+    /// `/profiler/*`) may take to answer, from its request (or the end of
+    /// a delta profile's wait): then the in-process profiler stops
+    /// rendering and the route answers `503`, saying so
+    /// ([`Endpoints::profile_timeout`]). The profile routes run on a worker
+    /// thread of their own, one at a time, so `/metrics` and `/stats` are
+    /// never queued behind them. Default is 20 seconds.
+    pub profile_timeout: Duration,
     /// Serves `/debug/pprof/*`, `/debug/heap/live` and `/profiler/*`.
     /// Default is `None`: with the `pprof` feature, [`serve`] and
     /// [`serve_with`] attach the in-process profiler over the instance they
@@ -75,6 +83,7 @@ impl Default for Options {
             connection_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_profile_seconds: 60,
+            profile_timeout: super::PROFILE_TIMEOUT,
             profiler: None,
             default_profiler: true,
         }
@@ -90,6 +99,7 @@ impl fmt::Debug for Options {
             .field("connection_timeout", &self.connection_timeout)
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_profile_seconds", &self.max_profile_seconds)
+            .field("profile_timeout", &self.profile_timeout)
             .field("profiler", &self.profiler.as_ref().map(|_| "attached"))
             .field("default_profiler", &self.default_profiler)
             .finish()
@@ -155,7 +165,10 @@ impl fmt::Debug for Server {
 /// http://127.0.0.1:6060/debug/pprof/heap`. What the server allocates to answer
 /// requests (its runtime, connections, rendering) is counted like every
 /// allocation, and also shown apart as the endpoint's own overhead:
-/// `heapprobe_endpoint_*` in `/metrics`, `"endpoint"` in `/stats`.
+/// `heapprobe_endpoint_*` in `/metrics`, `"endpoint"` in `/stats`. The
+/// profile routes run on a worker thread of their own
+/// ([`Work`](super::Work)); its counters join the overhead at the end of
+/// each of its requests.
 pub fn serve<A: Sync>(probe: &'static Heapprobe<A>, address: impl ToSocketAddrs) -> io::Result<Server> {
     let addresses: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
     let listener = bind(&addresses)?;
@@ -259,8 +272,9 @@ struct Shared {
     options: Options,
 }
 
-/// The server's thread: everything it does allocates here, so its own
-/// counters are the endpoint's overhead.
+/// The server's thread: everything it does but the profile routes' work
+/// (on the worker, `export::worker`) allocates here, so its own counters,
+/// plus the worker's, are the endpoint's overhead.
 fn run(
     source: &'static dyn Source,
     listener: StdListener,
@@ -287,7 +301,9 @@ fn run(
         // `thread_stats` panics only if this thread got no counter slot (more
         // than MAX_THREADS live threads); then the overhead is not shown.
         let own_stats = catch_unwind(AssertUnwindSafe(|| source.thread_stats())).is_ok();
-        let mut endpoints = Endpoints::from_source(source).max_profile_seconds(options.max_profile_seconds);
+        let mut endpoints = Endpoints::from_source(source)
+            .max_profile_seconds(options.max_profile_seconds)
+            .profile_timeout(options.profile_timeout);
         endpoints.set_profiler(options.profiler.clone());
         endpoints.server =
             Some(ServerSide { thread: std::thread::current().id(), own_stats, loopback, requests: AtomicU64::new(0) });

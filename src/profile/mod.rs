@@ -63,6 +63,8 @@
 mod eh;
 mod env;
 mod fork;
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) mod interrupt;
 mod options;
 #[cfg(feature = "pprof")]
 mod pprof;
@@ -88,6 +90,13 @@ pub(crate) use self::symbols::printable;
 /// true, `on_*`; on its fast path, `slot_crossed` when an allocation passes
 /// the slot's next sample, the inline `free_due` on a diverted free or
 /// realloc, and the sampled work when one of them says so.
+/// Frees the caches that naming a profile's addresses filled (the profile
+/// routes call it after each request).
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) fn release_symbols() {
+    symbols::release();
+}
+
 pub(crate) mod hooks {
     pub(crate) use super::sampler::{
         detach, fast_sampled_alloc, fast_sampled_realloc, free_due, freed, on_alloc, on_dealloc, on_realloc,

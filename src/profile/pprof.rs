@@ -284,6 +284,10 @@ impl Profile {
         let resolved = self.resolved();
         let mut stack_locations: Vec<Vec<u64>> = Vec::with_capacity(resolved.len());
         for (stack, frames) in self.stacks.iter().zip(resolved) {
+            // A stopped rendering is discarded whole (`interrupt`).
+            if super::interrupt::stopped().is_some() {
+                return Vec::new();
+            }
             let mut ids = Vec::with_capacity(frames.len());
             if stack.flags & super::store::STACK_DROPPED != 0 {
                 // One synthetic location that names what happened.

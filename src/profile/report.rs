@@ -375,7 +375,8 @@ impl Profile {
         self.stacks
             .iter()
             .map(|stack| {
-                if stack.flags & STACK_DROPPED != 0 {
+                // A stopped rendering is discarded whole (`interrupt`).
+                if stack.flags & STACK_DROPPED != 0 || super::interrupt::stopped().is_some() {
                     return Vec::new();
                 }
                 let start = stack.start as usize;
@@ -536,39 +537,50 @@ impl Profile {
     /// standing for `objects` blocks. `truncated` says that the live table
     /// was full (`untracked_bytes` were not listed). At most `limit` blocks
     /// are listed, the largest first (then `truncated` is true as well, and
-    /// `length_memory_array` < `live_blocks`).
+    /// `length_memory_array` < `live_blocks`). `truncated_by` names every
+    /// reason blocks were left out: `"live_table"`, `"limit"`, `"size"`.
     pub fn live_map_json(&self, limit: usize) -> String {
+        self.live_map_json_bounded(limit, usize::MAX)
+    }
+
+    /// [`live_map_json`](Self::live_map_json), at most `max_bytes` long
+    /// (at least 4 KiB): blocks that would not fit are left out, the
+    /// smallest first, and `truncated_by` then holds `"size"`;
+    /// `max_body_bytes` is the bound. Holds at most twice the bound while
+    /// it renders.
+    pub(crate) fn live_map_json_bounded(&self, limit: usize, max_bytes: usize) -> String {
+        // The head and tail fields: well under this.
+        const FIXED: usize = 1024;
+        let max_bytes = max_bytes.max(4 * FIXED);
         let names = self.names();
+        if super::interrupt::stopped().is_some() {
+            return String::new();
+        }
         let mut live = self.live.clone();
-        // The largest first; equal sizes by address, so the order is stable.
-        live.sort_by(|a, b| b.size.cmp(&a.size).then(a.ptr.cmp(&b.ptr)));
+        // The largest first; equal sizes by address (unique), so the order
+        // is stable.
+        live.sort_unstable_by(|a, b| b.size.cmp(&a.size).then(a.ptr.cmp(&b.ptr)));
         let total = live.len();
         live.truncate(limit);
-        let allocated: u64 = live.iter().map(|l| l.size).sum();
-        let mut out = String::new();
-        let _ = write!(out, "{{\"length_memory_array\":{},\"memory\":[", live.len());
+        let by_limit = total > live.len();
+        // The blocks' entries first, as long as they fit with their
+        // `memory` pair and the fixed fields.
+        let mut blocks = String::new();
+        let mut pairs = 0usize;
+        let mut listed = 0usize;
+        let mut by_size = false;
         for (i, block) in live.iter().enumerate() {
-            let _ = write!(out, "{}[{},{}]", if i == 0 { "" } else { "," }, block.ptr, block.size);
-        }
-        let _ = write!(
-            out,
-            "],\"memory_allocated\":{allocated},\"total_memory\":{},\"live_blocks\":{total},\"exact\":{},\"rate\":{},\
-             \"truncated\":{},\"untracked_bytes\":{},\"in_use_bytes\":{},\"in_use_objects\":{},\"blocks\":[",
-            self.exact_current.map_or_else(|| String::from("null"), |c| c.to_string()),
-            self.rate <= 1,
-            self.rate,
-            self.drops.live > 0 || total > live.len(),
-            json_number(self.untracked_bytes),
-            json_number(self.inuse.1),
-            json_number(self.inuse.0),
-        );
-        for (i, block) in live.iter().enumerate() {
+            if i % 1024 == 0 && super::interrupt::stopped().is_some() {
+                // Discarded whole by the caller.
+                return String::new();
+            }
             let site = self.sites.get(block.site as usize).copied().unwrap_or_default();
             let stack: Vec<String> =
                 names.get(site.stack as usize).into_iter().flatten().map(|f| json_string(f)).collect();
             let age_ms = self.taken.saturating_sub(block.born) / 1_000_000;
+            let mark = blocks.len();
             let _ = write!(
-                out,
+                blocks,
                 "{}{{\"address\":{},\"size\":{},\"objects\":{},\"tid\":{},\"thread\":{},\"age_ms\":{age_ms},\"stack\":[{}]}}",
                 if i == 0 { "" } else { "," },
                 block.ptr,
@@ -578,7 +590,51 @@ impl Profile {
                 json_string(&self.thread_name(site.thread)),
                 stack.join(","),
             );
+            // `,[address,size]`: at most 43 bytes.
+            let pair = 43;
+            if FIXED + blocks.len() + pairs + pair > max_bytes {
+                blocks.truncate(mark);
+                by_size = true;
+                break;
+            }
+            pairs += pair;
+            listed += 1;
         }
+        live.truncate(listed);
+        let allocated: u64 = live.iter().map(|l| l.size).sum();
+        let mut reasons = Vec::new();
+        if self.drops.live > 0 {
+            reasons.push("\"live_table\"");
+        }
+        if by_limit {
+            reasons.push("\"limit\"");
+        }
+        if by_size {
+            reasons.push("\"size\"");
+        }
+        let mut out = String::with_capacity(FIXED + blocks.len() + pairs);
+        let _ = write!(out, "{{\"length_memory_array\":{},\"memory\":[", live.len());
+        for (i, block) in live.iter().enumerate() {
+            let _ = write!(out, "{}[{},{}]", if i == 0 { "" } else { "," }, block.ptr, block.size);
+        }
+        let _ = write!(
+            out,
+            "],\"memory_allocated\":{allocated},\"total_memory\":{},\"live_blocks\":{total},\"exact\":{},\"rate\":{},\
+             \"truncated\":{},\"truncated_by\":[{}],\"max_body_bytes\":{},\"untracked_bytes\":{},\"in_use_bytes\":{},\
+             \"in_use_objects\":{},\"blocks\":[",
+            self.exact_current.map_or_else(|| String::from("null"), |c| c.to_string()),
+            self.rate <= 1,
+            self.rate,
+            !reasons.is_empty(),
+            reasons.join(","),
+            if max_bytes == usize::MAX { String::from("null") } else { max_bytes.to_string() },
+            json_number(self.untracked_bytes),
+            json_number(self.inuse.1),
+            json_number(self.inuse.0),
+        );
+        drop(live);
+        out.push_str(&blocks);
+        drop(blocks);
         out.push_str("]}\n");
         out
     }

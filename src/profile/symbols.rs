@@ -15,13 +15,11 @@ pub(crate) struct Frame {
     pub(crate) line: u32,
 }
 
-/// [`resolve`], remembered for the life of the process: a service whose
-/// profile is read again and again (a scraper every few seconds, a delta
-/// profile that must answer soon after its `N` seconds) names each address
-/// once. An address keeps its names as long as the code there stays
-/// mapped, which for the executable and the libraries loaded at start is
-/// the whole run. Taken only by threads reading a profile, never on the
-/// allocator path.
+/// [`resolve`], remembered until [`release`]: a profile names each
+/// address once however many stacks hold it, and the profile routes
+/// release the names at the end of each request (`export`'s worker), so
+/// that reading a profile keeps no heap (issue 21). Taken only by threads
+/// reading a profile, never on the allocator path.
 pub(crate) fn resolve_cached(addr: usize) -> Vec<Frame> {
     if let Some(frames) = lock_cache().as_ref().and_then(|c| c.get(&addr)) {
         return frames.clone();
@@ -53,6 +51,20 @@ pub(crate) fn lock_cache() -> CacheGuard {
 
 pub(crate) fn lock_resolving() -> ResolvingGuard {
     RESOLVING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Frees what naming addresses keeps: [`resolve_cached`]'s names, and the
+/// `backtrace` crate's global cache (the parsed DWARF of up to four loaded
+/// objects, tens of MiB for a large binary, which it otherwise keeps for
+/// the life of the process). Under [`RESOLVING`], as every use of
+/// `backtrace`'s caches is.
+pub(crate) fn release() {
+    drop(lock_cache().take());
+    #[cfg(feature = "profile")]
+    {
+        let _resolving = lock_resolving();
+        backtrace::clear_symbol_cache();
+    }
 }
 
 /// The frames at `addr`, innermost first. `addr` is a return address, so
