@@ -44,8 +44,11 @@ fn a_pprof_request_keeps_no_heap() {
     profile.rate = 4096;
     GLOBAL.start_profiler(profile).unwrap();
     let kept = kept_blocks();
+
+    // Kept for none: freed at the end of every request.
     let mut options = Options::default();
     options.address.set_port(0);
+    options.symbols_kept_for = Duration::ZERO;
     let server = heapprobe::serve_with(&GLOBAL, options).unwrap();
     let address = server.local_addr();
     // The runtime's and the worker's first allocations (the worker thread
@@ -66,6 +69,30 @@ fn a_pprof_request_keeps_no_heap() {
             "after pprof request {round}, {kept_now} bytes more are in use than before the first"
         );
     }
+    server.shutdown().unwrap();
+
+    // Kept for a while (as by default, 30 s): a scraper's next request
+    // finds the names; once no request came for that long, they are freed.
+    let mut options = Options::default();
+    options.address.set_port(0);
+    options.symbols_kept_for = Duration::from_secs(10);
+    let server = heapprobe::serve_with(&GLOBAL, options).unwrap();
+    let address = server.local_addr();
+    assert_eq!(get(address, "/metrics").0, 200);
+    assert_eq!(endpoint_support::post(&format!("http://{address}/profiler/start")).status, 409);
+    let before = GLOBAL.stats().current as i64;
+    assert_eq!(get(address, "/debug/pprof/heap").0, 200);
+    let kept_now = GLOBAL.stats().current as i64 - before;
+    assert!(kept_now >= TOLERANCE, "the names are kept after the request: {kept_now} bytes");
+    // The worker frees them 10 s after the request: wait for that (bounded).
+    let freed = (0..2400).any(|_| {
+        let now = GLOBAL.stats().current as i64 - before;
+        now < TOLERANCE || {
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        }
+    });
+    assert!(freed, "the names were not freed within 2 minutes of a 10 s keeping time");
     server.shutdown().unwrap();
     let _ = GLOBAL.stop_profiler();
     drop(kept);

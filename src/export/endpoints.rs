@@ -296,6 +296,10 @@ pub struct Endpoints {
 /// The default time bound of a profile route ([`Endpoints::profile_timeout`]).
 pub const PROFILE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long the names of a profile's addresses are kept after the last
+/// profile request, by default ([`Endpoints::symbols_kept_for`]).
+pub const SYMBOLS_KEPT_FOR: Duration = Duration::from_secs(30);
+
 impl Endpoints {
     /// Every path the routes answer.
     pub const PATHS: [&'static str; 9] = {
@@ -346,6 +350,18 @@ impl Endpoints {
     /// connection lifetime, which also cancels the work).
     pub fn profile_timeout(mut self, timeout: Duration) -> Self {
         self.profile_timeout = timeout;
+        self
+    }
+
+    /// How long the names of a profile's addresses (the symbol caches:
+    /// the binary's parsed DWARF, tens of MiB for a large binary) are kept
+    /// after the last profile request. A scraper that asks every few
+    /// seconds then pays for parsing once; once no profile request came
+    /// for this long, they are freed, so a process profiled now and then
+    /// keeps no heap for it. Zero frees them at the end of every request.
+    /// Default is [`SYMBOLS_KEPT_FOR`] (30 s).
+    pub fn symbols_kept_for(self, keep: Duration) -> Self {
+        self.worker.keep_symbols_for(keep);
         self
     }
 

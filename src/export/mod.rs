@@ -66,7 +66,7 @@ mod server;
 mod worker;
 
 #[cfg(feature = "server")]
-pub use self::endpoints::{Endpoints, Pprof, Profiler, Reply, Response, Work, PROFILE_TIMEOUT};
+pub use self::endpoints::{Endpoints, Pprof, Profiler, Reply, Response, Work, PROFILE_TIMEOUT, SYMBOLS_KEPT_FOR};
 #[cfg(feature = "json")]
 pub use self::json::stats_json;
 #[cfg(all(feature = "server", feature = "pprof"))]

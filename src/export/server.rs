@@ -61,6 +61,10 @@ pub struct Options {
     /// thread of their own, one at a time, so `/metrics` and `/stats` are
     /// never queued behind them. Default is 20 seconds.
     pub profile_timeout: Duration,
+    /// How long the symbol caches that naming a profile fills are kept
+    /// after the last profile request ([`Endpoints::symbols_kept_for`]);
+    /// zero frees them at the end of every request. Default is 30 seconds.
+    pub symbols_kept_for: Duration,
     /// Serves `/debug/pprof/*`, `/debug/heap/live` and `/profiler/*`.
     /// Default is `None`: with the `pprof` feature, [`serve`] and
     /// [`serve_with`] attach the in-process profiler over the instance they
@@ -84,6 +88,7 @@ impl Default for Options {
             max_header_bytes: 16 * 1024,
             max_profile_seconds: 60,
             profile_timeout: super::PROFILE_TIMEOUT,
+            symbols_kept_for: super::SYMBOLS_KEPT_FOR,
             profiler: None,
             default_profiler: true,
         }
@@ -100,6 +105,7 @@ impl fmt::Debug for Options {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_profile_seconds", &self.max_profile_seconds)
             .field("profile_timeout", &self.profile_timeout)
+            .field("symbols_kept_for", &self.symbols_kept_for)
             .field("profiler", &self.profiler.as_ref().map(|_| "attached"))
             .field("default_profiler", &self.default_profiler)
             .finish()
@@ -303,7 +309,8 @@ fn run(
         let own_stats = catch_unwind(AssertUnwindSafe(|| source.thread_stats())).is_ok();
         let mut endpoints = Endpoints::from_source(source)
             .max_profile_seconds(options.max_profile_seconds)
-            .profile_timeout(options.profile_timeout);
+            .profile_timeout(options.profile_timeout)
+            .symbols_kept_for(options.symbols_kept_for);
         endpoints.set_profiler(options.profiler.clone());
         endpoints.server =
             Some(ServerSide { thread: std::thread::current().id(), own_stats, loopback, requests: AtomicU64::new(0) });
