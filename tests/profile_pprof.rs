@@ -101,4 +101,33 @@ fn go_tool_pprof_reads_the_known_pattern_for_each_sample_type() {
         "mapping without build-id: {mapping}"
     );
     drop(keep);
+
+    // A live table too small for what is in use: the bytes it had no room
+    // for are in the in-use view under a frame that says so, as in the
+    // summary ("+N untracked"), not dropped.
+    let mut options = Options::default();
+    options.rate = 1;
+    options.max_live = 16;
+    let mut keep = Vec::with_capacity(1000);
+    GLOBAL.start_profiler(options).unwrap();
+    known_pattern(&mut keep);
+    let profile = GLOBAL.stop_profiler().unwrap();
+    let live: serde_json::Value = serde_json::from_str(&profile.live_map_json(usize::MAX)).unwrap();
+    let untracked = live["untracked_bytes"].as_f64().unwrap();
+    assert!(untracked >= 984.0 * 4096.0, "at most 16 of the 1000 blocks tracked: {untracked}");
+    let file = dir.path().join("untracked.pb.gz");
+    profile.write_pprof(&file).unwrap();
+    let top = Command::new("go")
+        .args(["tool", "pprof", "-top", "-unit=B", "-sample_index=inuse_space", "-nodecount=200"])
+        .arg(&file)
+        .env("PPROF_TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout);
+    let row = top
+        .lines()
+        .find(|l| l.ends_with("[untracked: the live table was full]"))
+        .unwrap_or_else(|| panic!("no untracked row:\n{top}"));
+    assert_eq!(row.split_whitespace().next().unwrap(), format!("{untracked}B"), "{row}");
+    drop(keep);
 }

@@ -378,6 +378,29 @@ impl Profile {
                 ],
             });
         }
+        // Bytes in use that the live table had no room for: their stacks are
+        // unknown, but their bytes count, under a frame that says so (as the
+        // summary's "+N untracked"), so the in-use total is whole.
+        if self.untracked_bytes > 0.0 {
+            let function_id = functions.len() as u64 + 1;
+            functions.push(proto::Function {
+                id: function_id,
+                name: strings.id(super::report::UNTRACKED_FRAME),
+                ..Default::default()
+            });
+            let id = locations.len() as u64 + 1;
+            locations.push(proto::Location {
+                id,
+                line: vec![proto::Line { function_id, line: 0 }],
+                ..Default::default()
+            });
+            samples.push(proto::Sample {
+                location_id: vec![id],
+                // Their number is not known: only their bytes were added up.
+                value: vec![0, 0, 0, self.untracked_bytes.round() as i64],
+                label: Vec::new(),
+            });
+        }
         let comment = vec![strings.id(&format!(
             "heapprobe: rate {} (mean bytes between samples per thread), {} samples, stacks by {}",
             self.rate,

@@ -752,9 +752,14 @@ impl Profile {
     }
 }
 
-#[cfg(feature = "profile")]
-/// `8.0 KiB` for bytes (the unit is in the figure), `12 allocations` for
+/// The frame under which the pprof in-use view puts the bytes the live
+/// table had no room for (their stacks are unknown).
+#[cfg_attr(not(feature = "pprof"), allow(dead_code))]
+pub(crate) const UNTRACKED_FRAME: &str = "[untracked: the live table was full]";
+
+/// `8.0 KiB` for bytes (the unit is in the figure), `12 objects` for
 /// counts.
+#[cfg(feature = "profile")]
 fn human_or_count(value: f64, view: View) -> String {
     if view.unit() == "bytes" {
         human(value)
