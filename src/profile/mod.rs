@@ -163,13 +163,25 @@ impl<A> Heapprobe<A> {
 
     /// Stops the profiler and returns its final profile (`None` if it was
     /// not running).
+    ///
+    /// Sessions have no owner: this stops whichever session runs, whoever
+    /// started it (a test, the endpoint's `/profiler/stop`,
+    /// `HEAPPROBE_PROFILE`). Each session is stopped once: when several
+    /// threads stop at the same time, one gets its profile and the others
+    /// `None` (or the profile of a session started after it), so the
+    /// profiles handed out are exactly the sessions that ran.
     pub fn stop_profiler(&self) -> Option<Profile> {
-        if !sampler::running() {
-            return None;
+        loop {
+            if !sampler::running() {
+                return None;
+            }
+            let session = sampler::session();
+            let profile = self.profile_snapshot();
+            if sampler::stop_session(Some(session)) {
+                return profile;
+            }
+            // That session ended (or another began) meanwhile: look again.
         }
-        let profile = self.profile_snapshot();
-        sampler::stop();
-        profile
     }
 
     /// The running profiler's profile so far (`None` if it never ran).

@@ -437,7 +437,17 @@ pub(crate) fn start(options: &Options, source: Source, baseline: Stats) -> Resul
 
 /// Stops the global profiler; its tables keep what they hold.
 pub(crate) fn stop() -> bool {
+    stop_session(None)
+}
+
+/// [`stop`], only if the running session is `session` ([`session`]'s value
+/// while it ran; `None`: whichever runs): false when it already ended, so
+/// that each session is stopped, and its profile handed out, once.
+pub(crate) fn stop_session(session: Option<u32>) -> bool {
     GLOBAL.with(|_| {
+        if session.is_some_and(|s| s != EPOCH.load(SeqCst)) {
+            return false;
+        }
         if RATE.swap(0, SeqCst) == 0 {
             return false;
         }
