@@ -35,8 +35,8 @@
 //!   the test's [`Tolerance`] (none by default): the test fails, printing
 //!   both figures, the diff summary of the stacks (which grew, which are
 //!   new, which are gone; [`crate::diff`]), and writing the differential
-//!   flame graph to `target/heapprobe/NAME.diff.svg` and the new snapshot
-//!   to `target/heapprobe/NAME.allocs.new`;
+//!   flame graph to `target/heapprobe-reports/NAME.diff.svg` and the new
+//!   snapshot to `target/heapprobe-reports/NAME.allocs.new`;
 //! - **fewer**: the test passes and says, on stderr (not captured by the
 //!   test harness), that the snapshot can be lowered;
 //! - growth within the tolerance, or other changes (a different peak, the
@@ -481,7 +481,7 @@ impl Snapshot {
             return (result, verdict);
         }
         let _ = writeln!(report, "the stacks, stored -> now:");
-        let out_dir = crate::profile::target_dir().join("heapprobe");
+        let out_dir = crate::profile::target_dir().join(crate::profile::REPORTS_DIR);
         let new_path = out_dir.join(format!("{}.{EXTENSION}.new", self.name));
         let svg_path = out_dir.join(format!("{}.diff.svg", self.name));
         match (old.side(&display), record.side(&format!("{} (now)", self.name))) {
@@ -702,7 +702,7 @@ fn normalize_frame(frame: &str) -> String {
 /// the block's value. Fails when the block allocates more (allocations or
 /// bytes) than the snapshot plus the tolerance (none by default), printing
 /// the diff of the stacks and writing its flame graph under
-/// `target/heapprobe/`. See [`snapshot`](crate::snapshot) (feature `profile`).
+/// `target/heapprobe-reports/`. See [`snapshot`](crate::snapshot) (feature `profile`).
 ///
 /// `assert_allocation_snapshot!(ALLOCATOR, "NAME", { code } [, option = value]...)`,
 /// where each option is a [`Snapshot`](crate::snapshot::Snapshot) builder

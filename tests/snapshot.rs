@@ -37,7 +37,7 @@ fn workload(n: usize) -> usize {
 
 /// The snapshot check every test makes (one closure, so one stack name).
 /// Each test's snapshot has its own name (the file under `dir`, and the
-/// diff under `target/heapprobe/`), so that tests running at once never
+/// diff under `target/heapprobe-reports/`), so that tests running at once never
 /// share a file.
 fn take(dir: &Path, n: usize, update: Update, tolerance: Option<Tolerance>) -> Verdict {
     let name = dir.file_name().unwrap().to_str().unwrap().split('-').nth(2).unwrap().to_owned();
@@ -112,7 +112,7 @@ fn create_match_grow_shrink_and_update() {
     assert!(grew_line.trim_start().starts_with("+5000 B  +5  snapshot::blocks <- snapshot::workload"), "{m}");
     assert!(m.contains("HEAPPROBE_UPDATE=1 cargo test"), "{m}");
     let svg_path = v.diff_svg.clone().expect("a diff flame graph");
-    assert!(svg_path.ends_with("heapprobe/cycle.diff.svg"), "{}", svg_path.display());
+    assert!(svg_path.ends_with("heapprobe-reports/cycle.diff.svg"), "{}", svg_path.display());
     assert!(svg_path.parent().unwrap().parent().unwrap().join("CACHEDIR.TAG").is_file(), "under target/");
     let frames = svg::frames(&std::fs::read_to_string(&svg_path).unwrap());
     let b = svg::named(&frames, "snapshot::blocks");

@@ -2,7 +2,7 @@
 //! workspace with a test that calls `assert_allocation_snapshot!`, run
 //! with plain `cargo test`. The snapshot lands in the project's own
 //! `tests/snapshots/`; a growth fails with the diff and writes its flame
-//! graph under the project's `target/heapprobe/`; `HEAPPROBE_UPDATE=1`
+//! graph under the project's `target/heapprobe-reports/`; `HEAPPROBE_UPDATE=1`
 //! accepts; a shrink passes and says so on stderr, through the harness's
 //! capture; with `CI=true` a missing snapshot fails.
 
@@ -107,7 +107,7 @@ fn the_snapshot_workflow_in_a_users_project() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), created);
 
     // More: a failure with the diff and its flame graph in the project's target/.
-    let svg = dir.join("target/heapprobe/user_build.diff.svg");
+    let svg = dir.join("target/heapprobe-reports/user_build.diff.svg");
     let _ = std::fs::remove_file(&svg);
     let (out, stdout, _) = cargo_test(&dir, 5, &[]);
     assert!(!out.status.success());

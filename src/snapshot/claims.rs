@@ -4,7 +4,7 @@
 //! that allocates less than the last one passing as "allocates less".
 //!
 //! Each check claims its snapshot file for the run of the tests it belongs
-//! to, in `target/heapprobe/snapshot-claims/RUN/`, where RUN names the
+//! to, in `target/heapprobe-reports/snapshot-claims/RUN/`, where RUN names the
 //! process that started the test binaries (`cargo test`, nextest, a shell)
 //! by its pid and start time: every test binary that one `cargo test`
 //! runs, in turn or at once, sees the others' claims, and a later run
@@ -110,7 +110,7 @@ fn collision(theirs: &Claim, ours: &Claim) -> String {
 
 /// This run's directory of claims (created), or `None`.
 fn run_dir() -> Option<PathBuf> {
-    let root = crate::profile::target_dir().join("heapprobe").join("snapshot-claims");
+    let root = crate::profile::target_dir().join(crate::profile::REPORTS_DIR).join("snapshot-claims");
     let (pid, started) = runner();
     let dir = root.join(format!("{pid}-{started}"));
     match std::fs::create_dir(&dir) {
