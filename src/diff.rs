@@ -926,6 +926,12 @@ pub(crate) fn site(stack: &str) -> String {
     frames.join(" <- ")
 }
 
+/// A frame name made safe for terminals, folded files, JSON and SVG: every
+/// control character (escape sequences), and U+FFFE and U+FFFF (which XML
+/// forbids), written as a visible `\u{…}` escape. Every output of
+/// heapprobe's, and `cargo heapprobe`'s summaries, name frames through it.
+pub use crate::profile::printable;
+
 mod svg {
     //! The differential flame graph: one `<g class="f">` per frame, with
     //! its weights in `data-` attributes, a tooltip, and a small script

@@ -84,7 +84,7 @@ use crate::stats::Stats;
 
 pub(crate) use self::fork::register as fork_register;
 pub(crate) use self::sampler::active;
-pub(crate) use self::symbols::printable;
+pub use self::symbols::printable;
 
 /// The hooks `src/alloc.rs` calls: on its slow path while [`active`] is
 /// true, `on_*`; on its fast path, `slot_crossed` when an allocation passes
@@ -428,4 +428,19 @@ pub(crate) fn target_dir() -> std::path::PathBuf {
 
 fn scope_thread() -> sampler::ThreadInfo {
     sampler::ThreadInfo { tid: sys::gettid(), name: sys::thread_name() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint of a build without the `profile` feature reads as one
+    /// sentence (a lost line continuation once put 18 spaces in it).
+    #[test]
+    fn the_feature_hint_is_one_sentence() {
+        let recording = Recording(Err(ProfileError::NeedsFeature("profile")));
+        let text = recording.write_for_failure("t", &Stats::default(), core::panic::Location::caller(), false);
+        assert!(text.contains("enable heapprobe's `profile` feature (in [dev-dependencies]: "), "{text}");
+        assert!(!text.contains("  "), "{text}");
+    }
 }

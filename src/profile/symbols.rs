@@ -96,7 +96,7 @@ pub(crate) fn resolve(addr: usize) -> Vec<Frame> {
 /// controls, DEL: escape sequences) or that XML 1.0 forbids (those, and
 /// U+FFFE, U+FFFF) written as a visible `\u{…}` escape: a frame name
 /// reaches terminals, folded files, JSON and SVG, and must be safe in all.
-pub(crate) fn printable(name: &str) -> std::borrow::Cow<'_, str> {
+pub fn printable(name: &str) -> std::borrow::Cow<'_, str> {
     let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{fffe}' | '\u{ffff}');
     if !name.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(name);

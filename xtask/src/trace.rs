@@ -1103,7 +1103,9 @@ pub fn print_summary(
                 Weight::Count => format!("{w}"),
                 _ => flame::human_bytes(w),
             };
-            println!("  {amount:>10} {share:5.1}%  {}", flame::allocation_site(stack));
+            // Names come from the binary's symbols: escaped, so that none
+            // can send the terminal an escape sequence.
+            println!("  {amount:>10} {share:5.1}%  {}", heapprobe::diff::printable(&flame::allocation_site(stack)));
         }
     }
     println!("\nfolded stacks: {}", folded_path.display());

@@ -268,3 +268,21 @@ fn an_output_that_is_a_directory_fails_first() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("it is a directory"));
 }
+
+/// A frame name with an escape sequence (a symbol can be named anything)
+/// reaches the terminal summary escaped, never raw.
+#[test]
+fn frame_names_reach_the_terminal_escaped() {
+    let good = std::fs::read_to_string(data("perf-flamegraph-alloc_locked.txt")).unwrap();
+    // The closure's frame, the allocation site, under a C-like name that
+    // holds an escape sequence (clear the screen).
+    let closure = "_ZN17heapprobe_fixture14measured_scope28_$u7b$$u7b$closure$u7d$$u7d$17h1da401cf19208340E";
+    let hostile = good.replace(closure, "evil\u{1b}[2Jname");
+    assert_ne!(hostile, good);
+    let (capture, svg) = capture_file("escape", &hostile);
+    let out = fold(&[capture.to_str().unwrap(), "--event", "alloc_locked", "-o", svg.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains('\u{1b}'), "a raw escape reached the terminal: {stdout:?}");
+    assert!(stdout.contains("evil\\u{1b}[2Jname"), "{stdout}");
+}
