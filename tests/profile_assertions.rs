@@ -45,8 +45,9 @@ fn a_failing_assertion_writes_the_scopes_flame_graph_with_the_allocating_frame()
     let folded_path = path_after(&report, "folded stacks (alloc_space)");
     let svg_path = path_after(&report, "flame graph (alloc_space)");
     // The test's name, under the target directory.
-    assert!(folded_path
-        .ends_with("heapprobe/a_failing_assertion_writes_the_scopes_flame_graph_with_the_allocating_frame.folded"));
+    assert!(folded_path.ends_with(
+        "heapprobe-reports/a_failing_assertion_writes_the_scopes_flame_graph_with_the_allocating_frame.folded"
+    ));
     assert!(folded_path.parent().unwrap().parent().unwrap().join("CACHEDIR.TAG").is_file(), "{report}");
     let folded = std::fs::read_to_string(&folded_path).unwrap();
     // 10 × 1000 bytes, plus the outer Vec's 10 × 24 bytes, both under the frame.
