@@ -232,16 +232,23 @@ fn rule_for(pc: usize, find: FindObject) -> Option<Rule> {
 #[inline(never)]
 fn compute(pc: usize, find: FindObject) -> Option<Rule> {
     let Some(object) = find_object(find, pc) else { return Some(Rule::End) };
-    let (start, end, hdr) = (object.map_start as usize, object.map_end as usize, object.eh_frame as usize);
+    let (end, hdr) = (object.map_end as usize, object.eh_frame as usize);
     if hdr == 0 {
         return Some(Rule::End);
     }
-    if !(start..end).contains(&hdr) {
+    // glibc's range is not always the whole object: when rust-lld starts
+    // the code segment on a page of its own, `_dl_find_object` gives the
+    // code segment alone, and `.eh_frame_hdr` (PT_GNU_EH_FRAME, in the
+    // read-only segment) lies below `start`. The header is the loader's
+    // own pointer into this object, so it bounds the object from below.
+    if hdr >= end {
         return None;
     }
-    // SAFETY: `[hdr, end)` lies inside the module's mapping as glibc
-    // reports it. gimli reads only the entries the header's table points
-    // to, which the loader mapped with the module.
+    // SAFETY: `[hdr, end)` runs from the object's unwind header, which the
+    // loader mapped, to the end of its code as glibc reports it. gimli
+    // reads only the header, its table, and the entries the table points
+    // to, which the loader mapped with the module (every PT_LOAD below the
+    // end of the code); nothing else of the range is read.
     let hdr_bytes = unsafe { core::slice::from_raw_parts(hdr as *const u8, end - hdr) };
     let bases = BaseAddresses::default().set_eh_frame_hdr(hdr as u64);
     let parsed = EhFrameHdr::new(hdr_bytes, NativeEndian).parse(&bases, 8).ok()?;
@@ -249,7 +256,7 @@ fn compute(pc: usize, find: FindObject) -> Option<Rule> {
         Pointer::Direct(address) => address as usize,
         Pointer::Indirect(_) => return None,
     };
-    if !(start..end).contains(&eh_frame) {
+    if !(hdr..end).contains(&eh_frame) {
         return None;
     }
     // SAFETY: as above, `[eh_frame, end)` is inside the module's mapping.
